@@ -1,0 +1,1 @@
+"""Dataset adapters: native formats -> manifest rows. Dataset quirks live only here."""
