@@ -195,7 +195,11 @@ def read_manifest(path) -> tuple[pa.Table, dict]:
             table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
     raw = (table.schema.metadata or {}).get(b"perspose")
     meta = json.loads(raw) if raw else {}
-    table = table.select([f.name for f in SCHEMA]).cast(SCHEMA)
+    try:
+        table = table.select([f.name for f in SCHEMA]).cast(SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:  # a column of the wrong type
+        raise InputError(f"{path}: not a manifest, column types do not match the schema "
+                         f"({str(e).splitlines()[0]})") from None
     return table, meta
 
 
