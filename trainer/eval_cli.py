@@ -1,0 +1,221 @@
+"""``perspose-eval``: evaluate a checkpoint on held-out shards, in the original camera frame.
+
+    perspose-eval --ckpt RUN/best.pt --out REPORT_DIR --shards DIR [DIR ...] [--recipe FILE]
+
+Shards: every ``--shards`` value plus any positional paths (so ``--shards A B`` works), then the recipe's.
+
+Writes REPORT_DIR/report.json, report.md, predictions.parquet, per_joint_error.png, error_vs_pr_angle.png and
+prints the per-dataset table. Under ``torchrun`` each rank evaluates its share and rank 0 writes the report.
+A user error (missing file, a checkpoint that does not fit the shards) prints one line and exits with code 2.
+
+``--recipe`` is a dataset recipe YAML (trainer.config.read_recipe's shape); its ``test`` section (else ``val``)
+lists the shards: ``test: [{name: 3dpw, paths: [DIR, ...]}, ...]`` or plain paths.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+class _EvalCommand(click.Command):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except InputError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+
+
+def recipe_shards(path: Path) -> list[Path]:
+    """Evaluation shards of a recipe YAML: its ``test`` section if present, else its ``val`` section; entries are
+    paths or ``{name, paths}`` mappings (the training recipe's shape). Relative paths are relative to the current
+    directory, as in trainer recipes. The ``train`` section is ignored."""
+    from .configtools import read_yaml
+
+    doc = read_yaml(path)
+    entries = doc.get("test") or doc.get("val")
+    if not entries:
+        raise InputError(f"{path}: the recipe lists no evaluation shards under 'test' (or 'val')")
+    out = []
+    for e in entries if isinstance(entries, list) else [entries]:
+        ps = e.get("paths", e.get("shards")) if isinstance(e, dict) else e
+        if not ps:
+            raise InputError(f"{path}: an evaluation entry has no paths: {e!r}")
+        out += [Path(p) for p in ([ps] if isinstance(ps, str) else ps)]
+    return out
+
+
+def load_checkpoint(path: Path) -> dict:
+    """trainer.checkpoint.load_checkpoint (weights_only=True) plus a check of the keys the evaluator needs."""
+    from .checkpoint import load_checkpoint as _load
+
+    ck = _load(path)
+    if not isinstance(ck, dict) or "model" not in ck or not isinstance(ck.get("config"), dict) \
+            or not isinstance(ck["config"].get("model"), dict):
+        raise InputError(f"{path}: not a perspose checkpoint (needs 'model' and 'config' with a 'model' section)")
+    return ck
+
+
+def model_config_from(ck: dict, path: Path):
+    from .configtools import from_dict
+    from .model import ModelConfig
+
+    try:
+        return from_dict(ModelConfig, ck["config"]["model"], "model.")
+    except InputError as e:
+        raise InputError(f"{path}: checkpoint {e}") from None
+
+
+def build_from_checkpoint(ck: dict, path: Path, device):
+    from .model import build_model
+
+    cfg = model_config_from(ck, path)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ck["model"], strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{path}: weights do not fit the model config ({str(e).splitlines()[0][:200]})") from None
+    return model.to(device).eval(), cfg
+
+
+def _versions() -> dict:
+    import numpy
+    import torch
+
+    try:
+        from importlib.metadata import version
+        pkg = version("perspose")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        pkg = "unknown"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, timeout=5,
+                             capture_output=True, text=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {"perspose": pkg, "git_sha": sha, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__}
+
+
+def _count_from_index(paths: list[Path]) -> int | None:
+    """Sample count from the build's index.parquet when whole shard directories are given (for the bar)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for p in paths:
+        idx = p / "index.parquet"
+        if not (p.is_dir() and idx.is_file()):
+            return None
+        total += pq.read_metadata(idx).num_rows
+    return total
+
+
+def _init_distributed(device: str):
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return False
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group(backend)
+    return True
+
+
+@click.command(cls=_EvalCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path), help="Checkpoint (.pt).")
+@click.option("--shards", "shard_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Shard directory or .tar file (repeatable).")
+@click.argument("more_shards", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--recipe", type=click.Path(path_type=Path), default=None, help="YAML listing eval shards.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report directory.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Decoding processes per rank (0: decode in the main process).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--flip-test/--no-flip-test", default=True, show_default=True,
+              help="Average with the prediction on the mirrored crop.")
+@click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, workers, device, flip_test, amp, progress,
+         verbose):
+    """Evaluate a PersPose checkpoint on held-out shards (metrics in mm, original camera frame).
+
+    MORE_SHARDS: further shard directories or .tar files, like --shards."""
+    import torch
+
+    from pipeline.fsutil import sha256_file
+    from pipeline.report import print_table
+
+    from .evaluate import evaluate, list_shards, model_predict_fn, protocol_for
+    from .report import TABLE_HEADERS, table_rows, write_report
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    paths = list(shard_paths) + list(more_shards) + (recipe_shards(recipe) if recipe else [])
+    shards = list_shards(paths)
+    ck = load_checkpoint(ckpt_path)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    ddp = _init_distributed(device)
+    if ddp and device == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
+    rank = torch.distributed.get_rank() if ddp else 0
+    model, cfg = build_from_checkpoint(ck, ckpt_path, device)
+    amp_dtype = torch.bfloat16 if amp and device.startswith("cuda") else None
+    predict = model_predict_fn(model, tuple(cfg.skeletons), device, flip_test=flip_test, amp_dtype=amp_dtype)
+
+    t0 = time.perf_counter()
+    try:
+        res = evaluate(predict, shards, batch_size=batch_size, crop_size=cfg.crop_size, skeletons=cfg.skeletons,
+                       progress=progress, total=_count_from_index(paths), workers=workers)
+    finally:
+        if ddp:
+            torch.distributed.destroy_process_group()
+    seconds = time.perf_counter() - t0
+    if rank != 0:
+        return
+    rec = res["records"]
+    if not rec:
+        raise InputError(f"{', '.join(map(str, paths))}: no 3D samples to evaluate "
+                         f"({res['counts']['skipped_2d_only']} 2D-only samples skipped)")
+    from .report import summarize
+
+    summary = summarize(rec)
+    report = {
+        "format_version": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path), "step": ck.get("step")},
+        "model_config": dataclasses.asdict(cfg),
+        "shards": [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in shards],
+        "options": {"flip_test": flip_test, "batch_size": batch_size, "workers": workers, "device": device, "amp": amp_dtype is not None,
+                    "world_size": torch.distributed.get_world_size() if ddp else 1},
+        "frame": "original camera (R^T applied); metrics in mm, PCK/AUC in %",
+        "protocols": {p.name: p.as_dict() for p in sorted({protocol_for(s) for s in set(rec["skeleton"])},
+                                                          key=lambda p: p.name)},
+        "counts": res["counts"], "seconds": round(seconds, 3),
+        "samples_per_second": round(res["counts"]["evaluated"] / max(seconds, 1e-9), 2),
+        "versions": _versions(), "metrics": summary,
+    }
+    files = write_report(out_dir, report, rec)
+    print_table(TABLE_HEADERS, table_rows(summary["datasets"]), title=f"perspose-eval: {ckpt_path.name}")
+    click.echo(f"{res['counts']['evaluated']} samples in {seconds:.1f} s; wrote {', '.join(f.name for f in files)} "
+               f"to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
