@@ -100,7 +100,7 @@ def validate_row(r: dict, image_root: Path | None, check_images: bool = True) ->
     for name in ("K", "dist", "bbox", "joints_cam", "joints_2d"):
         if not _finite(r.get(name)):
             return f"non-finite values in {name}"
-    if not (r.get("image_w", 0) > 0 and r.get("image_h", 0) > 0):
+    if not ((r.get("image_w") or 0) > 0 and (r.get("image_h") or 0) > 0):
         return "image size <= 0"
     K = r.get("K")
     if K is not None:

@@ -1,0 +1,260 @@
+"""PersPose model: HRNet backbone + Perspective Encoding (PE) + heatmap / relative-depth / scale heads.
+
+Interface (the trainer and the evaluator code against this; see also /work/notes/MODEL_API.md)::
+
+    cfg = ModelConfig()                      # paper defaults: HRNet-W48, S = 256, PE on, 4 skeletons (J = 75)
+    model = build_model(cfg)
+    out = model(images, K_crop, has_intrinsics=None, R=None, return_heatmaps=False)
+
+Inputs: ``images`` uint8 RGB (B,3,S,S) or (B,S,S,3) -- normalised inside with ImageNet mean/std -- or a float
+(B,3,S,S) tensor already normalised by :func:`normalize_images`; ``K_crop`` (B,3,3) intrinsics of the S crop;
+``has_intrinsics`` (B,) bool (False zeroes the sample's PE map, e.g. COCO; None = all True); ``R`` (B,3,3) the
+PR rotation (P' = R P), optional.
+
+Output dict (heads and decoding run in float32 outside autocast):
+- ``uv`` (B,J,2): soft-argmax in pixels of the S crop; heatmap cell (i, j) <-> pixel (4j+1.5, 4i+1.5) (DESIGN §2).
+- ``d`` (B,J): relative depth z'_j - z'_root in metres, d = 2.2 (sigmoid - 0.5) (reference bounds, +-1.1 m), exactly
+  0 at the root of every 3D skeleton slice (coco17 has no root: its d is unconstrained and not meant to be used).
+- ``uvd`` (B,J,3) = cat(uv, d).
+- ``scale`` (B,): s-hat = z'_root / f_crop, metres per pixel OF THE S CROP THE MODEL SEES. The reference predicts
+  rho0 = 0.007 exp(3 (sigmoid - 0.5)) m/px for 256-px crops; s-hat scales with 1/f_crop, i.e. with 1/S for the same
+  framing, so here s-hat = 0.007 (256/S) exp(3 (sigmoid - 0.5)) -- the reference bounds scaled by 256/S.
+- ``xyz_crop`` (B,J,3): joints in the crop camera (pipeline.geometry_torch.joints_from_uvd, DESIGN §3.7); float64
+  when K_crop is float64. Samples without a valid K_crop (fx <= 0) are decoded with a nominal K (f = S, centre
+  (S-1)/2) so that no NaN appears; their xyz is meaningless.
+- ``xyz_orig`` (B,J,3): only when R is given: R^T applied (the original camera).
+- ``heatmaps`` (B,J,S/4,S/4): softmax probabilities, only when ``return_heatmaps``.
+J is the concatenation of ``cfg.skeletons`` (``model.joint_slices``, pipeline.skeleton.joint_slices).
+
+Every parameter takes part in the forward (no ``find_unused_parameters`` for DDP). Module names: ``backbone``
+(HRNet, keys of the public pose checkpoint), ``pe_conv`` (absent with use_pe=False), ``global_head``,
+``heatmap_head``, ``depth_head``, ``scale_head``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.geometry_torch import crop_pixel_grid, joints_from_uvd, pe_map
+from pipeline.skeleton import SKELETONS, get_skeleton, joint_slices
+from trainer.hrnet import GlobalHead, HighResolutionNet, LoadReport, init_hrnet_weights, load_pose_hrnet_weights
+
+__all__ = ["ModelConfig", "PersPose", "build_model", "normalize_images", "flip_test", "soft_argmax",
+           "assemble_outputs", "concat_flip_perm", "unflip_predictions", "load_pose_hrnet_weights", "LoadReport",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HEATMAP_STRIDE = 4
+DEPTH_RANGE_M = 2.2             # d = 2.2 (sigmoid - 0.5) in metres (reference)
+SCALE_REF_M_PER_PX = 0.007      # rho0 at sigmoid = 0.5 for a 256-px crop (reference: ~1.8 m over 256 px)
+SCALE_LOG_RANGE = 3.0           # rho0 = ref * exp(3 (sigmoid - 0.5))
+REFERENCE_CROP = 256
+DEFAULT_SKELETONS = ("smpl24", "h36m17", "mpi_inf_3dhp17", "coco17")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    width: int = 48                                  # HRNet branch widths C, 2C, 4C, 8C (48, 32, 18; tiny for tests)
+    crop_size: int = 256                             # S: the model's input is S x S; S % 32 == 0
+    skeletons: tuple[str, ...] = DEFAULT_SKELETONS   # predicted joint set = their concatenation
+    use_pe: bool = True                              # False: no PE conv at all (ablation)
+    global_dim: int = 2048                           # global (classification-head) vector width
+    head_planes: tuple[int, ...] = (32, 64, 128, 256)  # global-head Bottleneck planes per branch (x4 channels)
+    stem_channels: int = 64                          # stem width
+    layer1_planes: int = 64                          # layer1 Bottleneck planes; layer1 outputs 4x this (256)
+
+    def __post_init__(self):
+        # YAML gives lists: store tuples so the config stays hashable and frozen
+        object.__setattr__(self, "skeletons", tuple(self.skeletons))
+        object.__setattr__(self, "head_planes", tuple(int(p) for p in self.head_planes))
+        if self.crop_size <= 0 or self.crop_size % 32:
+            raise ValueError(f"crop_size must be a positive multiple of 32 (HRNet's 4 branches), got {self.crop_size}")
+        if min(self.width, self.global_dim, self.stem_channels, self.layer1_planes) <= 0:
+            raise ValueError("width, global_dim, stem_channels and layer1_planes must be positive")
+        if len(self.head_planes) != 4 or min(self.head_planes) <= 0:
+            raise ValueError(f"head_planes needs 4 positive values, got {self.head_planes}")
+        if not self.skeletons or len(set(self.skeletons)) != len(self.skeletons):
+            raise ValueError(f"skeletons must be non-empty and distinct, got {self.skeletons}")
+        unknown = [s for s in self.skeletons if s not in SKELETONS]
+        if unknown:
+            raise ValueError(f"unknown skeleton(s) {unknown}; known: {', '.join(SKELETONS)}")
+
+    @classmethod
+    def tiny(cls, crop_size: int = 64, **overrides) -> "ModelConfig":
+        """A ~0.5 M-parameter model with the full topology (all stages, branches and heads), for tests and demos."""
+        base = dict(width=4, crop_size=crop_size, global_dim=32, head_planes=(2, 4, 8, 16), stem_channels=8,
+                    layer1_planes=4)
+        return cls(**{**base, **overrides})
+
+    @property
+    def num_joints(self) -> int:
+        return sum(get_skeleton(s).num_joints for s in self.skeletons)
+
+
+def concat_flip_perm(skeletons) -> tuple[int, ...]:
+    """Flip permutation of the concatenated joint set: each slice permuted by its skeleton's flip_perm."""
+    perm: list[int] = []
+    for name, sl in joint_slices(skeletons).items():
+        perm += [sl.start + k for k in get_skeleton(name).flip_perm]
+    return tuple(perm)
+
+
+def normalize_images(images: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
+    """uint8 (or float in [0, 255]) RGB (B,3,S,S) or (B,S,S,3) -> float32 (B,3,S,S) normalised by ImageNet mean/std.
+
+    channels_last: True forces torch.channels_last, False contiguous NCHW, None keeps the layout the input implies
+    (a (B,S,S,3) input comes out channels_last without a copy)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be 4-D, got shape {tuple(images.shape)}")
+    if images.shape[1] != 3:
+        if images.shape[-1] != 3:
+            raise ValueError(f"images must be (B,3,S,S) or (B,S,S,3), got {tuple(images.shape)}")
+        images = images.permute(0, 3, 1, 2)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+    x = (images.to(torch.float32) - mean) * inv_std
+    if channels_last is None:
+        return x
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def soft_argmax(logits: torch.Tensor, crop_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmap logits (B,J,S/4,S/4) -> (uv (B,J,2) in crop pixels, probabilities (B,J,S/4,S/4)), in float32.
+    Softmax over all cells (no temperature); cell (i, j) sits at pixel (4j+1.5, 4i+1.5)."""
+    b, j, h, w = logits.shape
+    if h != crop_size // HEATMAP_STRIDE or w != h:
+        raise ValueError(f"heatmaps {h}x{w} do not match crop size {crop_size}")
+    prob = logits.float().flatten(2).softmax(dim=-1).view(b, j, h, w)
+    grid = crop_pixel_grid(crop_size, HEATMAP_STRIDE, logits.device, torch.float32)
+    u = (prob.sum(dim=2) * grid).sum(dim=-1)  # marginal over rows, weighted by the column's pixel
+    v = (prob.sum(dim=3) * grid).sum(dim=-1)
+    return torch.stack([u, v], dim=-1), prob
+
+
+def _safe_intrinsics(K_crop: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """K_crop with a nominal K (f = S, centre (S-1)/2) for samples without valid intrinsics (avoids 0-division)."""
+    valid = (K_crop[:, 0, 0] > 0) & (K_crop[:, 1, 1] > 0)  # no data-dependent branch: torch.compile friendly
+    c = (crop_size - 1) / 2.0
+    nominal = K_crop.new_tensor([[crop_size, 0.0, c], [0.0, crop_size, c], [0.0, 0.0, 1.0]])
+    return torch.where(valid[:, None, None], K_crop, nominal)
+
+
+def assemble_outputs(uv: torch.Tensor, d: torch.Tensor, scale: torch.Tensor, K_crop: torch.Tensor, crop_size: int,
+                     R: torch.Tensor | None = None, heatmaps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The model's output dict from uv (B,J,2), d (B,J), scale (B,) (also used by flip_test after averaging)."""
+    uvd = torch.cat([uv, d[..., None]], dim=-1)
+    xyz_orig, xyz_crop = joints_from_uvd(uvd, scale, _safe_intrinsics(K_crop, crop_size), R)
+    out = {"uv": uv, "d": d, "uvd": uvd, "scale": scale, "xyz_crop": xyz_crop}
+    if R is not None:
+        out["xyz_orig"] = xyz_orig
+    if heatmaps is not None:
+        out["heatmaps"] = heatmaps
+    return out
+
+
+class PersPose(nn.Module):
+    """HRNet (PE added to layer1's output) -> heatmap soft-argmax uv + global-vector depth and scale heads."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = HighResolutionNet(cfg.width, cfg.stem_channels, cfg.layer1_planes, multi_scale_output=True)
+        self.global_head = GlobalHead(self.backbone.branch_channels, cfg.head_planes, cfg.global_dim)
+        init_hrnet_weights(self.backbone)
+        init_hrnet_weights(self.global_head)
+        if cfg.use_pe:
+            self.pe_conv = nn.Conv2d(2, self.backbone.layer1_channels, kernel_size=1, bias=False)
+            nn.init.normal_(self.pe_conv.weight, std=0.01)
+        else:
+            self.pe_conv = None
+        n = cfg.num_joints
+        # PersPose's heads keep PyTorch's default init
+        self.heatmap_head = nn.Conv2d(cfg.width, n, kernel_size=1)
+        self.depth_head = nn.Linear(cfg.global_dim, n)
+        self.scale_head = nn.Linear(cfg.global_dim, 1)
+        self.joint_slices = joint_slices(cfg.skeletons)
+        depth_mask = torch.ones(n)
+        for name, sl in self.joint_slices.items():
+            root = get_skeleton(name).root
+            if root is not None:
+                depth_mask[sl.start + root] = 0.0
+        self.register_buffer("depth_mask", depth_mask, persistent=False)
+        self.register_buffer("flip_perm", torch.tensor(concat_flip_perm(cfg.skeletons)), persistent=False)
+        self.scale_ref = SCALE_REF_M_PER_PX * REFERENCE_CROP / cfg.crop_size
+
+    @property
+    def scale_bounds(self) -> tuple[float, float]:
+        """Open interval of s-hat (m/px of the S crop)."""
+        half = SCALE_LOG_RANGE / 2
+        return self.scale_ref * math.exp(-half), self.scale_ref * math.exp(half)
+
+    def forward(self, images: torch.Tensor, K_crop: torch.Tensor, has_intrinsics: torch.Tensor | None = None,
+                R: torch.Tensor | None = None, return_heatmaps: bool = False) -> dict[str, torch.Tensor]:
+        x = images if images.is_floating_point() else normalize_images(images)
+        s = self.cfg.crop_size
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != s or x.shape[3] != s:
+            raise ValueError(f"expected images (B,3,{s},{s}) (or uint8 (B,{s},{s},3)), got {tuple(images.shape)}")
+        pe = None
+        if self.pe_conv is not None:
+            m = pe_map(K_crop, s, HEATMAP_STRIDE)
+            if has_intrinsics is not None:
+                m = m * has_intrinsics.to(device=m.device, dtype=m.dtype)[:, None, None, None]
+            pe = self.pe_conv(m.to(self.pe_conv.weight.dtype))
+        feats = self.backbone(x, pe)
+        g = self.global_head(feats)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = self.heatmap_head(feats[0].float())
+            uv, prob = soft_argmax(logits, s)
+            g = g.float()
+            d = DEPTH_RANGE_M * (torch.sigmoid(self.depth_head(g)) - 0.5) * self.depth_mask
+            sig = torch.sigmoid(self.scale_head(g)[:, 0])
+            scale = self.scale_ref * torch.exp(SCALE_LOG_RANGE * (sig - 0.5))
+            return assemble_outputs(uv, d, scale, K_crop, s, R, prob if return_heatmaps else None)
+
+
+def build_model(cfg: ModelConfig | None = None) -> PersPose:
+    """A freshly initialised PersPose (CPU, train mode). Load pretrained weights with load_pose_hrnet_weights."""
+    return PersPose(cfg or ModelConfig())
+
+
+def unflip_predictions(out: dict[str, torch.Tensor], flip_perm: torch.Tensor, crop_size: int):
+    """Predictions on a mirrored image -> predictions for the original: u -> (S-1) - u, joints swapped by
+    flip_perm, d swapped, scale unchanged, heatmaps mirrored along the width (the stride-4 grid is symmetric)."""
+    uv = out["uv"][:, flip_perm].clone()
+    uv[..., 0] = (crop_size - 1) - uv[..., 0]
+    res = {"uv": uv, "d": out["d"][:, flip_perm], "scale": out["scale"]}
+    if "heatmaps" in out:
+        res["heatmaps"] = out["heatmaps"][:, flip_perm].flip(-1)
+    return res
+
+
+def _flip_images(images: torch.Tensor) -> torch.Tensor:
+    nhwc = images.shape[1] != 3 and images.shape[-1] == 3
+    return images.flip(2 if nhwc else 3)
+
+
+def flip_test(model: PersPose, images: torch.Tensor, K_crop: torch.Tensor, has_intrinsics: torch.Tensor | None = None,
+              R: torch.Tensor | None = None, return_heatmaps: bool = False) -> dict[str, torch.Tensor]:
+    """Average of the prediction and the un-flipped prediction on the mirrored image (the reference's flip test).
+
+    The mirrored crop's camera has c_x -> (S-1) - c_x (exact for pixel centres at integers); uvd and xyz are
+    recomputed from the averaged uv, d and scale with the original K_crop (and R). Works on DDP / torch.compile
+    wrappers of the model."""
+    net = model
+    while not isinstance(net, PersPose):  # unwrap DDP (.module) and torch.compile (._orig_mod)
+        inner = getattr(net, "module", None) or getattr(net, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"flip_test needs a PersPose model (possibly wrapped), got {type(model).__name__}")
+        net = inner
+    s = net.cfg.crop_size
+    out = model(images, K_crop, has_intrinsics, None, return_heatmaps)
+    K_flip = K_crop.clone()
+    K_flip[:, 0, 2] = (s - 1) - K_flip[:, 0, 2]
+    back = unflip_predictions(model(_flip_images(images), K_flip, has_intrinsics, None, return_heatmaps),
+                              net.flip_perm, s)
+    avg = {k: 0.5 * (out[k] + back[k]) for k in back}
+    return assemble_outputs(avg["uv"], avg["d"], avg["scale"], K_crop, s, R, avg.get("heatmaps"))
