@@ -1,0 +1,180 @@
+"""``perspose-build show DIR``: a contact sheet of random stored crops with their projected skeletons, and the
+distribution of the PR angle per dataset (the paper's Fig. 7) from index.parquet.
+
+Random access: samples are picked from index.parquet with a seeded generator and only their shards are opened;
+inside a shard only the members of the picked keys are read.
+"""
+from __future__ import annotations
+
+import math
+import tarfile
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .fsutil import atomic_path
+from .shard import decode_sample
+from .skeleton import SKELETONS
+
+__all__ = ["pick_samples", "read_samples", "draw_sample", "contact_sheet", "sheet_size", "pr_angle_histogram",
+           "show_cmd", "LABEL_H"]
+
+LABEL_H = 34  # pixels of caption under every tile
+# RGB: the person's left, right, and central joints / bones
+SIDE_COLOURS = {"l": (60, 160, 255), "r": (255, 110, 50), "c": (70, 220, 90)}
+
+
+def _read_index(out_dir: Path) -> list[dict]:
+    p = out_dir / "index.parquet"
+    if not p.is_file():
+        raise InputError(f"{p}: not found (is {out_dir} a shard directory?)")
+    return pq.read_table(p).to_pylist()
+
+
+def pick_samples(index: list[dict], n: int, seed: int, split: str | None = None,
+                 dataset: str | None = None) -> list[dict]:
+    rows = [r for r in index if (split is None or r["split"] == split) and (dataset is None or r["dataset"] == dataset)]
+    if not rows:
+        return []
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
+    return [rows[i] for i in pick]
+
+
+def read_samples(out_dir: Path, picked: list[dict]) -> list[dict]:
+    """Decode the picked samples, opening only their shards and reading only their members."""
+    by_shard: dict[str, set] = {}
+    for r in picked:
+        by_shard.setdefault(r["shard"], set()).add(r["key"])
+    found: dict[str, dict] = {}
+    for shard, keys in sorted(by_shard.items()):
+        members: dict[str, dict] = {}
+        with tarfile.open(out_dir / f"{shard}.tar", "r") as tf:
+            for m in tf:
+                key, _, ext = m.name.partition(".")
+                if key in keys and m.isfile():
+                    members.setdefault(key, {"__key__": key})[ext] = tf.extractfile(m).read()
+        for key, mem in members.items():
+            found[key] = decode_sample(mem)
+    return [found[r["key"]] for r in picked if r["key"] in found]
+
+
+def draw_sample(sample: dict, tile: int) -> np.ndarray:
+    """The stored crop resized to tile² with bones (skeleton.edges) and joints drawn; vis = 0 joints dimmer."""
+    img = cv2.resize(sample["image"], (tile, tile), interpolation=cv2.INTER_AREA)
+    a, m = sample["arrays"], sample["meta"]
+    sk = SKELETONS.get(m.get("skeleton"))
+    if sk is None:
+        return img
+    uv = a["uvd"][:, :2].astype(np.float64) * (tile / sample["image"].shape[1])
+    vis = a["vis"]
+    has_uv = m.get("has_3d") or np.any(a["uvd"][:, :2] != 0)
+    if not has_uv:
+        return img
+    shift = 4  # sub-pixel drawing
+
+    def pt(i):
+        return tuple(int(round(c * (1 << shift))) for c in uv[i])
+
+    def colour(i, dim):
+        c = np.array(SIDE_COLOURS[sk.side(i)], np.float64)
+        return tuple(int(v) for v in (c * 0.35 if dim else c))
+
+    for p, c in sk.edges:
+        cv2.line(img, pt(p), pt(c), colour(c, vis[p] == 0 or vis[c] == 0), 2, cv2.LINE_AA, shift)
+    for i in range(sk.num_joints):
+        cv2.circle(img, pt(i), 3 << shift, colour(i, vis[i] == 0), -1, cv2.LINE_AA, shift)
+    return img
+
+
+def sheet_size(n: int, tile: int) -> tuple[int, int]:
+    """(width, height) of the contact sheet for n samples."""
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    return cols * tile, rows * (tile + LABEL_H)
+
+
+def contact_sheet(samples: list[dict], tile: int = 256) -> np.ndarray:
+    """RGB sheet: tiles in rows, each with its key and "dataset  PR x.x deg" underneath."""
+    W, H = sheet_size(len(samples), tile)
+    cols = W // tile
+    sheet = np.full((H, W, 3), 30, np.uint8)
+    for k, s in enumerate(samples):
+        r, c = divmod(k, cols)
+        y, x = r * (tile + LABEL_H), c * tile
+        sheet[y:y + tile, x:x + tile] = draw_sample(s, tile)
+        key = s["key"]
+        max_chars = max(4, tile // 7)
+        if len(key) > max_chars:
+            key = "..." + key[-(max_chars - 3):]
+        line2 = f"{s['meta'].get('dataset', '?')}  PR {math.degrees(float(s['arrays']['pr_angle'])):.1f} deg"
+        for j, text in enumerate((key, line2)):
+            cv2.putText(sheet, text, (x + 3, y + tile + 13 + 15 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+                        (235, 235, 235), 1, cv2.LINE_AA)
+    return sheet
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise InputError(f"{path}: PNG encoding failed")
+    with atomic_path(path, ".png") as tmp:
+        Path(tmp).write_bytes(buf.tobytes())
+
+
+def pr_angle_histogram(index: list[dict], path: Path, bins: int = 36) -> None:
+    """Distribution of the PR angle (degrees) per dataset, each normalised to a density (paper Fig. 7)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    by_ds: dict[str, list] = {}
+    for r in index:
+        by_ds.setdefault(r["dataset"], []).append(math.degrees(r["pr_angle"]))
+    hi = max((max(v) for v in by_ds.values()), default=1.0)
+    edges = np.linspace(0.0, max(1.0, math.ceil(hi)), bins + 1)
+    for ds, v in sorted(by_ds.items()):
+        ax.hist(v, bins=edges, density=True, histtype="step", linewidth=1.5, label=f"{ds} (n={len(v)})")
+    ax.set_xlabel("PR angle φ (degrees)")
+    ax.set_ylabel("density")
+    ax.set_title("Perspective-rotation angle per dataset")
+    if by_ds:
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png")
+
+
+@click.command("show")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("-n", "n", default=16, show_default=True, help="Number of samples on the sheet.")
+@click.option("--split", default=None, help="Only samples of this split.")
+@click.option("--dataset", default=None, help="Only samples of this dataset.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random pick.")
+@click.option("--tile", default=256, show_default=True, help="Tile size in pixels.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Contact sheet PNG.")
+@click.option("--hist", type=click.Path(path_type=Path), default=None, help="PR-angle histogram PNG.")
+def show_cmd(out_dir, n, split, dataset, seed, tile, out, hist):
+    """Contact sheet of random crops with their skeletons (--out) and/or the PR-angle histogram (--hist)."""
+    if out is None and hist is None:
+        raise InputError("nothing to do: give --out sheet.png and/or --hist pr_angle.png")
+    if n < 1 or tile < 32:
+        raise InputError("-n must be >= 1 and --tile >= 32")
+    index = _read_index(out_dir)
+    if out is not None:
+        picked = pick_samples(index, n, seed, split, dataset)
+        if not picked:
+            raise InputError(f"{out_dir}: no samples" + (f" in split {split!r}" if split else "")
+                             + (f" of dataset {dataset!r}" if dataset else ""))
+        samples = read_samples(out_dir, picked)
+        _write_png(out, contact_sheet(samples, tile))
+        click.echo(f"wrote {out} ({len(samples)} samples)")
+    if hist is not None:
+        pr_angle_histogram(index, hist)
+        click.echo(f"wrote {hist}")

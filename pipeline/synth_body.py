@@ -1,0 +1,248 @@
+"""Articulated SMPL-order bodies for ``synth``: shape (bone lengths, girth), pose (joint-angle limits), forward
+kinematics and the body volumes (capsules and ellipsoids) that are rendered.
+
+Body frame (as SMPL's template): x = the person's left, y = up, z = the direction the person faces. A joint's
+local rotation turns the bones to its children (SMPL convention); ``G[j] = G[parent] @ R_local[j]`` and
+``P[j] = P[parent] + G[parent] @ offset[j]``. Everything here is a pure function of its arguments and the
+generator it is handed.
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+
+import numpy as np
+
+from .skeleton import get_skeleton
+from .synth_render import Capsule, Ellipsoid
+
+__all__ = ["Body", "sample_body", "sample_pose", "root_rotation", "forward_kinematics", "body_primitives",
+           "rest_height", "PART_NAMES", "contains"]
+
+_SK = get_skeleton("smpl24")
+PARENTS = np.array(_SK.parents)
+
+# child - parent offsets in the body frame, metres, for a template about 1.76 m tall in a T-pose
+_REST_OFFSETS = np.array([
+    [0.0, 0.0, 0.0],          # 0 pelvis
+    [0.06, -0.09, 0.0],       # 1 l_hip
+    [-0.06, -0.09, 0.0],      # 2 r_hip
+    [0.0, 0.11, -0.02],       # 3 spine1
+    [0.035, -0.38, 0.005],    # 4 l_knee
+    [-0.035, -0.38, 0.005],   # 5 r_knee
+    [0.0, 0.135, 0.01],       # 6 spine2
+    [-0.01, -0.40, -0.04],    # 7 l_ankle
+    [0.01, -0.40, -0.04],     # 8 r_ankle
+    [0.0, 0.055, 0.0],        # 9 spine3
+    [0.02, -0.055, 0.12],     # 10 l_foot
+    [-0.02, -0.055, 0.12],    # 11 r_foot
+    [0.0, 0.215, -0.03],      # 12 neck
+    [0.075, 0.12, -0.01],     # 13 l_collar
+    [-0.075, 0.12, -0.01],    # 14 r_collar
+    [0.0, 0.09, 0.05],        # 15 head
+    [0.10, 0.03, -0.01],      # 16 l_shoulder
+    [-0.10, 0.03, -0.01],     # 17 r_shoulder
+    [0.26, -0.01, -0.02],     # 18 l_elbow
+    [-0.26, -0.01, -0.02],    # 19 r_elbow
+    [0.25, 0.01, 0.0],        # 20 l_wrist
+    [-0.25, 0.01, 0.0],       # 21 r_wrist
+    [0.085, -0.01, -0.01],    # 22 l_hand
+    [-0.085, -0.01, -0.01],   # 23 r_hand
+])
+
+# Joint limits in degrees about the body-frame axes (x: flex, y: twist/swing, z: abduct): (lo, hi, neutral)
+# per axis, and the order the three rotations are composed in (applied right to left to the child bones).
+# Signs: +x turns a downward bone backwards and an upward bone forwards; the left arm points +x, the right -x.
+_Z = (0.0, 0.0, 0.0)
+_LIMITS = {
+    1: ("xzy", (-100, 25, -5), (-30, 30, 0), (-15, 45, 5)),       # l_hip: flexion forward is -x
+    2: ("xzy", (-100, 25, -5), (-30, 30, 0), (-45, 15, -5)),      # r_hip
+    3: ("xzy", (-15, 35, 0), (-20, 20, 0), (-12, 12, 0)),         # spine1
+    4: ("xzy", (0, 140, 5), (-3, 3, 0), (-3, 3, 0)),              # l_knee: bends one way only
+    5: ("xzy", (0, 140, 5), (-3, 3, 0), (-3, 3, 0)),              # r_knee
+    6: ("xzy", (-10, 25, 0), (-20, 20, 0), (-12, 12, 0)),         # spine2
+    7: ("xzy", (-25, 40, 0), (-15, 15, 0), (-15, 15, 0)),         # l_ankle
+    8: ("xzy", (-25, 40, 0), (-15, 15, 0), (-15, 15, 0)),         # r_ankle
+    9: ("xzy", (-10, 25, 0), (-20, 20, 0), (-10, 10, 0)),         # spine3
+    12: ("xzy", (-30, 40, 0), (-40, 40, 0), (-25, 25, 0)),        # neck
+    13: ("yzx", _Z, (-10, 10, 0), (-10, 15, 0)),                  # l_collar
+    14: ("yzx", _Z, (-10, 10, 0), (-15, 10, 0)),                  # r_collar
+    15: ("xzy", (-25, 25, 0), (-20, 20, 0), (-10, 10, 0)),        # head
+    16: ("yzx", (-40, 40, 0), (-90, 30, -10), (-80, 70, -65)),    # l_shoulder: +z raises, -y swings forward
+    17: ("yzx", (-40, 40, 0), (-30, 90, 10), (-70, 80, 65)),      # r_shoulder: -z raises, +y swings forward
+    18: ("yzx", _Z, (-145, 0, -15), (-5, 5, 0)),                  # l_elbow: forearm bends forward only
+    19: ("yzx", _Z, (0, 145, 15), (-5, 5, 0)),                    # r_elbow
+    20: ("yzx", (-40, 40, 0), (-30, 30, 0), (-30, 30, 0)),        # l_wrist
+    21: ("yzx", (-40, 40, 0), (-30, 30, 0), (-30, 30, 0)),        # r_wrist
+}
+
+# Body volumes. Capsules: (name, joint a, joint b, radius, colour group). Ellipsoids: (name, joint whose frame
+# and position they follow, centre offset, radii, colour group). Template metres, scaled per person. Every joint
+# lies inside at least one volume, so its projection always hits the body.
+_CAPSULES = (
+    ("neck", 12, 15, 0.055, "skin"),
+    ("l_shoulder", 13, 16, 0.056, "torso"), ("r_shoulder", 14, 17, 0.056, "torso"),
+    ("l_upper_arm", 16, 18, 0.05, "l_arm"), ("r_upper_arm", 17, 19, 0.05, "r_arm"),
+    ("l_forearm", 18, 20, 0.04, "l_arm"), ("r_forearm", 19, 21, 0.04, "r_arm"),
+    ("l_hand", 20, 22, 0.036, "skin"), ("r_hand", 21, 23, 0.036, "skin"),
+    ("l_thigh", 1, 4, 0.075, "l_leg"), ("r_thigh", 2, 5, 0.075, "r_leg"),
+    ("l_shin", 4, 7, 0.052, "l_leg"), ("r_shin", 5, 8, 0.052, "r_leg"),
+    ("l_foot", 7, 10, 0.042, "shoes"), ("r_foot", 8, 11, 0.042, "shoes"),
+)
+_ELLIPSOIDS = (
+    ("pelvis", 0, (0.0, -0.01, 0.0), (0.165, 0.12, 0.11), "pants"),
+    ("abdomen", 3, (0.0, 0.07, 0.0), (0.145, 0.14, 0.10), "torso"),
+    ("chest", 9, (0.0, 0.05, -0.01), (0.175, 0.19, 0.115), "torso"),
+    ("head", 15, (0.0, 0.075, 0.02), (0.082, 0.112, 0.098), "skin"),
+    ("hair", 15, (0.0, 0.09, -0.015), (0.088, 0.105, 0.098), "hair"),
+)
+PART_NAMES = tuple(c[0] for c in _CAPSULES) + tuple(e[0] for e in _ELLIPSOIDS)
+_SKIN_TONES = ((255, 219, 172), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 36))
+
+
+@dataclass(frozen=True)
+class Body:
+    """A person's shape and look: bone offsets (24, 3) and volume sizes in metres, colours per group."""
+    offsets: np.ndarray
+    capsule_radii: np.ndarray          # (len(_CAPSULES),)
+    ellipsoid_radii: np.ndarray        # (len(_ELLIPSOIDS), 3)
+    ellipsoid_offsets: np.ndarray      # (len(_ELLIPSOIDS), 3)
+    colors: dict
+    height: float
+    has_hair: bool
+
+
+def rest_height(offsets, capsule_radii, ellipsoid_radii, ellipsoid_offsets) -> float:
+    """Standing height of the T-pose body: top of the head volume to the bottom of the feet."""
+    P = np.zeros((24, 3))
+    for j in range(1, 24):
+        P[j] = P[PARENTS[j]] + offsets[j]
+    lo, hi = np.inf, -np.inf
+    for (_, a, b, _, _), r in zip(_CAPSULES, capsule_radii):
+        lo, hi = min(lo, P[a, 1] - r, P[b, 1] - r), max(hi, P[a, 1] + r, P[b, 1] + r)
+    for (_, j, _, _, _), r, off in zip(_ELLIPSOIDS, ellipsoid_radii, ellipsoid_offsets):
+        lo, hi = min(lo, P[j, 1] + off[1] - r[1]), max(hi, P[j, 1] + off[1] + r[1])
+    return float(hi - lo)
+
+
+def _hsv(h, s, v) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v)) * 255.0
+
+
+def _sample_colors(rng: np.random.Generator) -> dict:
+    """Per-person clothing; left limbs in blue hues, right limbs in orange/red hues so sides are visible."""
+    skin = np.array(_SKIN_TONES[int(rng.integers(len(_SKIN_TONES)))], float) * rng.uniform(0.9, 1.05)
+    return {
+        "skin": np.clip(skin, 0, 255),
+        "torso": _hsv(rng.uniform(0.25, 0.5) if rng.random() < 0.5 else rng.uniform(0.75, 0.95),
+                      rng.uniform(0.2, 0.8), rng.uniform(0.5, 0.95)),
+        "pants": _hsv(rng.uniform(0, 1), rng.uniform(0.1, 0.6), rng.uniform(0.25, 0.6)),
+        "l_arm": _hsv(rng.uniform(0.55, 0.64), rng.uniform(0.5, 0.85), rng.uniform(0.65, 0.95)),
+        "r_arm": _hsv(rng.uniform(0.0, 0.09), rng.uniform(0.55, 0.9), rng.uniform(0.7, 0.98)),
+        "l_leg": _hsv(rng.uniform(0.58, 0.68), rng.uniform(0.45, 0.8), rng.uniform(0.4, 0.75)),
+        "r_leg": _hsv(rng.uniform(0.02, 0.1), rng.uniform(0.5, 0.85), rng.uniform(0.5, 0.85)),
+        "shoes": _hsv(rng.uniform(0, 1), rng.uniform(0, 0.4), rng.uniform(0.1, 0.35)),
+        "hair": _hsv(rng.uniform(0.03, 0.12), rng.uniform(0.3, 0.8), rng.uniform(0.08, 0.5)),
+    }
+
+
+def sample_body(rng: np.random.Generator, height_range=(1.5, 2.0)) -> Body:
+    """Random proportions (per limb group and bone, left/right symmetric), girth, and an exact standing height
+    drawn uniformly from ``height_range`` (metres)."""
+    offsets = _REST_OFFSETS.copy()
+    groups = {"legs": (4, 5, 7, 8), "arms": (18, 19, 20, 21), "torso": (3, 6, 9, 12)}
+    for joints in groups.values():
+        offsets[list(joints)] *= rng.uniform(0.92, 1.08)
+    for left in (1, 4, 7, 10, 13, 16, 18, 20, 22):      # per bone, the same on both sides
+        offsets[[left, left + 1]] *= rng.uniform(0.97, 1.03)
+    girth = rng.uniform(0.85, 1.2)
+    cap_r = np.array([c[3] for c in _CAPSULES]) * girth * rng.uniform(0.92, 1.08, len(_CAPSULES))
+    ell_r = np.array([e[3] for e in _ELLIPSOIDS]) * girth
+    ell_r[:3, 0] *= rng.uniform(0.9, 1.15)               # shoulder/hip width
+    ell_r[3:] = np.array([e[3] for e in _ELLIPSOIDS[3:]]) * rng.uniform(0.92, 1.08)  # heads vary less
+    ell_off = np.array([e[2] for e in _ELLIPSOIDS])
+    height = rng.uniform(*height_range)
+    s = height / rest_height(offsets, cap_r, ell_r, ell_off)
+    return Body(offsets * s, cap_r * s, ell_r * s, ell_off * s, _sample_colors(rng), float(height),
+                bool(rng.random() < 0.85))
+
+
+def _axis_rotation(axis: str, deg) -> np.ndarray:
+    """Rotation(s) by ``deg`` degrees (scalar or (N,)) about a coordinate axis -> (3, 3) or (N, 3, 3)."""
+    t = np.radians(np.asarray(deg, dtype=np.float64))
+    c, s = np.cos(t), np.sin(t)
+    R = np.zeros(t.shape + (3, 3))
+    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    k = 3 - i - j
+    R[..., k, k] = 1.0
+    R[..., i, i], R[..., i, j], R[..., j, i], R[..., j, j] = c, -s, s, c
+    return R
+
+
+_LIMIT_JOINTS = np.array(list(_LIMITS))
+_LIMIT_ORDERS = tuple(v[0] for v in _LIMITS.values())
+_LIMIT_TABLE = np.array([v[1:] for v in _LIMITS.values()], dtype=np.float64)   # (joints, xyz, lo/hi/neutral)
+_LIMIT_TABLE.setflags(write=False)
+
+
+def sample_pose(rng: np.random.Generator) -> np.ndarray:
+    """Local joint rotations (24, 3, 3) within the joint limits; the root's is identity (see ``root_rotation``).
+
+    Each angle is ``neutral + activity * (uniform(lo, hi) - neutral)`` with one activity level per person, so
+    calm (near-standing) and wild poses both occur and every angle stays within its limits."""
+    lo, hi, neutral = _LIMIT_TABLE[..., 0], _LIMIT_TABLE[..., 1], _LIMIT_TABLE[..., 2]
+    activity = rng.uniform(0.15, 1.0)
+    ang = neutral + activity * (rng.uniform(lo, hi) - neutral)                       # (joints, 3) degrees
+    axis_rot = {ax: _axis_rotation(ax, ang[:, n]) for n, ax in enumerate("xyz")}
+    R = np.tile(np.eye(3), (24, 1, 1))
+    for k, (j, order) in enumerate(zip(_LIMIT_JOINTS, _LIMIT_ORDERS)):
+        # the first letter is the outermost rotation
+        R[j] = axis_rot[order[0]][k] @ axis_rot[order[1]][k] @ axis_rot[order[2]][k]
+    return R
+
+
+def root_rotation(rng: np.random.Generator) -> np.ndarray:
+    """Body frame -> camera frame: any heading, a small lean, and a camera pitch/roll, facing the camera at
+    heading 0 (body y up -> camera y down, body z forward -> camera -z)."""
+    body_to_cam = np.diag([1.0, -1.0, -1.0])
+    heading = _axis_rotation("y", rng.uniform(0, 360))
+    lean = _axis_rotation("x", rng.normal(0, 8)) @ _axis_rotation("z", rng.normal(0, 5))
+    camera = _axis_rotation("x", rng.uniform(-30, 30)) @ _axis_rotation("z", rng.uniform(-10, 10))
+    return camera @ body_to_cam @ heading @ lean
+
+
+def forward_kinematics(offsets, local_rot, root_rot, root_pos):
+    """Joint positions (24, 3) and global rotations (24, 3, 3) in the camera frame."""
+    P = np.zeros((24, 3))
+    G = np.zeros((24, 3, 3))
+    P[0], G[0] = root_pos, root_rot @ local_rot[0]
+    for j in range(1, 24):
+        p = PARENTS[j]
+        P[j] = P[p] + G[p] @ offsets[j]
+        G[j] = G[p] @ local_rot[j]
+    return P, G
+
+
+def body_primitives(body: Body, joints: np.ndarray, G: np.ndarray, part_base: int = 1) -> list:
+    """The renderable volumes of one posed body (capsules first, then ellipsoids; part ids from ``part_base``)."""
+    prims = []
+    for k, ((_, a, b, _, group), r) in enumerate(zip(_CAPSULES, body.capsule_radii)):
+        prims.append(Capsule(joints[a], joints[b], float(r), body.colors[group], part_base + k))
+    for k, ((name, j, _, _, group), r, off) in enumerate(zip(_ELLIPSOIDS, body.ellipsoid_radii,
+                                                              body.ellipsoid_offsets)):
+        if name == "hair" and not body.has_hair:
+            continue
+        prims.append(Ellipsoid(joints[j] + G[j] @ off, G[j], r, body.colors[group],
+                               part_base + len(_CAPSULES) + k))
+    return prims
+
+
+def contains(prim, points: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Whether each point (N, 3) lies inside the volume -> bool (N,)."""
+    points = np.atleast_2d(points)
+    if isinstance(prim, Capsule):
+        ba = prim.b - prim.a
+        s = np.clip((points - prim.a) @ ba / (ba @ ba), 0.0, 1.0)
+        return np.linalg.norm(points - prim.a - s[:, None] * ba, axis=1) <= prim.radius + tol
+    q = (points - prim.center) @ prim.axes / prim.radii
+    return (q * q).sum(1) <= 1.0 + tol

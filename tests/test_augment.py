@@ -1,0 +1,213 @@
+"""Exactness and determinism of trainer.augment / trainer.photometric."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline import geometry as g
+from pipeline.skeleton import get_skeleton
+from trainer import photometric as ph
+from trainer.augment import AugmentConfig, GeometricParams, augment_sample, augmentation_homography
+
+S, S_STORE = 128, 160
+SKEL = "h36m17"
+GEOM_ONLY = AugmentConfig(p_no_aug=0.0, rot_prob=0.8, zoom_prob=0.6, flip_prob=0.5, blur_prob=0, noise_prob=0,
+                          contrast_prob=0, hue_prob=0, channel_prob=0, cutout_prob=0)
+
+
+def _random_rotation(rng) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def _synthetic_sample(rng, pr: bool = True, has_3d: bool = True, built_for: int = S, store: int = S_STORE) -> dict:
+    """A decoded shard sample whose joints project to well separated points near the stored crop's centre."""
+    sk = get_skeleton(SKEL)
+    c0 = 0.5 * (store - 1)
+    f = float(rng.uniform(150, 300)) * store / S_STORE
+    c = np.array([c0, c0]) if pr else np.array([c0, c0]) + rng.uniform(-60, 60, 2)
+    K = g.intrinsics(f, f, c[0], c[1])
+    spacing = 16.0 * store / S_STORE
+    grid = np.stack(np.meshgrid(np.arange(-3, 4), np.arange(-3, 4)), -1).reshape(-1, 2) * spacing
+    grid = grid[np.linalg.norm(grid, axis=1) <= 2.8 * spacing]
+    uv = c0 + grid[rng.choice(len(grid), sk.num_joints, replace=False)] + rng.uniform(-0.4, 0.4, (sk.num_joints, 2))
+    z = rng.uniform(3.0, 5.0, sk.num_joints)
+    P_rot = g.rays_from_pixels(uv, K, normalize=False) * z[:, None]
+    R = _random_rotation(rng) if pr else np.eye(3)
+    joints_cam = P_rot @ R            # P = R^T P'
+    rot, uvd, scale = g.labels_from_joints(joints_cam, R, K, sk.root)
+    if not has_3d:
+        rot, scale = np.zeros_like(rot), 0.0
+        uvd[:, 2] = 0.0
+    img = np.zeros((store, store, 3), np.uint8)
+    for u, v in uvd[:, :2].astype(np.float64):   # dots at the stored (float32) labels, 1/16 px precision
+        cv2.circle(img, (int(round(u * 16)), int(round(v * 16))), 3 * 16, (255, 255, 255), -1, cv2.LINE_AA, 4)
+    arrays = {"K_crop": K, "R": R, "joints_rot": rot.astype(np.float32), "uvd": uvd.astype(np.float32),
+              "scale": np.float64(scale), "vis": np.ones(sk.num_joints, np.uint8)}
+    meta = {"sample_id": "t/x/0", "dataset": "t", "skeleton": SKEL, "has_3d": has_3d, "has_intrinsics": True,
+            "crop_size": built_for, "store_size": store, "pr": pr}
+    return {"key": "t_x_0", "image": img, "arrays": arrays, "meta": meta}
+
+
+def _centroids(img: np.ndarray, uv: np.ndarray, half: int = 5) -> np.ndarray:
+    grey = img[..., 0].astype(np.float64)
+    out = []
+    for u, v in uv:
+        x0, y0 = int(round(u)) - half, int(round(v)) - half
+        win = grey[max(y0, 0):y0 + 2 * half + 1, max(x0, 0):x0 + 2 * half + 1]
+        ys, xs = np.mgrid[max(y0, 0):max(y0, 0) + win.shape[0], max(x0, 0):max(x0, 0) + win.shape[1]]
+        out.append([(win * xs).sum() / win.sum(), (win * ys).sum() / win.sum()])
+    return np.array(out)
+
+
+def _original_joints(sample) -> np.ndarray:
+    return g.as_f64(sample["arrays"]["joints_rot"]) @ g.as_f64(sample["arrays"]["R"])
+
+
+def _inverted(out, sample) -> np.ndarray:
+    P, _ = g.joints_from_uvd(out["uvd"], out["scale"], out["K_crop"], out["R"])
+    if out["flipped"]:
+        P = P[list(get_skeleton(sample["meta"]["skeleton"]).flip_perm)]
+    return P
+
+
+@pytest.mark.parametrize("pr", [True, False])
+def test_dots_follow_labels_and_labels_invert_exactly(pr):
+    rng = np.random.default_rng(1 if pr else 2)
+    flips, rolls = 0, 0
+    for i in range(25):
+        sample = _synthetic_sample(rng, pr=pr)
+        out = augment_sample(sample, S, GEOM_ONLY, np.random.default_rng(100 + i))
+        flips += out["flipped"]
+        rolls += out["params"].roll != 0.0
+        assert out["image"].shape == (S, S, 3) and out["image"].dtype == np.uint8
+        found = _centroids(out["image"], out["uvd"][:, :2])
+        assert np.abs(found - out["uvd"][:, :2]).max() < 0.25, (i, out["params"])
+        np.testing.assert_allclose(g.project(out["joints"], out["K_crop"]), out["uvd"][:, :2], atol=1e-9)
+        np.testing.assert_allclose(_inverted(out, sample), _original_joints(sample), atol=1e-9, rtol=0)
+        if pr:
+            np.testing.assert_allclose(out["K_crop"][:2, 2], [(S - 1) / 2] * 2, atol=1e-9)
+        assert np.isclose(abs(np.linalg.det(out["R"])), 1.0) and np.sign(np.linalg.det(out["R"])) == (
+            -1 if out["flipped"] else 1)
+    assert 3 <= flips <= 22 and rolls >= 10
+
+
+def test_three_d_labels_match_homography_of_stored_uv():
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        sample = _synthetic_sample(rng, pr=bool(i % 2))
+        params = GeometricParams(roll=rng.uniform(-0.5, 0.5), zoom=rng.uniform(0.7, 1.1))
+        H, K, R_aug = augmentation_homography(sample["arrays"]["K_crop"], S_STORE, S, params)
+        uv_h = g.apply_homography(H, g.as_f64(sample["arrays"]["uvd"][:, :2]))
+        P = g.as_f64(sample["arrays"]["joints_rot"]) @ R_aug.T
+        np.testing.assert_allclose(g.project(P, K), uv_h, atol=2e-3)   # stored uv is float32
+        # the similarity about the stored crop centre: it maps to the final crop centre for any roll/zoom
+        np.testing.assert_allclose(g.apply_homography(H, np.full((1, 2), (S_STORE - 1) / 2)), [[(S - 1) / 2] * 2],
+                                   atol=1e-9)
+
+
+def test_two_d_only_samples_follow_the_image():
+    rng = np.random.default_rng(4)
+    for i in range(10):
+        sample = _synthetic_sample(rng, pr=bool(i % 2), has_3d=False)
+        out = augment_sample(sample, S, GEOM_ONLY, np.random.default_rng(i))
+        assert out["scale"] == 0.0 and not out["joints"].any() and not out["uvd"][:, 2].any()
+        found = _centroids(out["image"], out["uvd"][:, :2])
+        assert np.abs(found - out["uvd"][:, :2]).max() < 0.25
+
+
+def test_jitter_and_larger_built_crop_stay_exact():
+    rng = np.random.default_rng(5)
+    cfg = replace(GEOM_ONLY, jitter_px=0.5)
+    for i in range(8):
+        sample = _synthetic_sample(rng, built_for=2 * S, store=2 * S_STORE)   # shards built for 2S: zoom 0.5
+        out = augment_sample(sample, S, cfg, np.random.default_rng(i))
+        assert out["params"].tilt != (0.0, 0.0)
+        found = _centroids(out["image"], out["uvd"][:, :2])
+        assert np.abs(found - out["uvd"][:, :2]).max() < 0.25
+        np.testing.assert_allclose(_inverted(out, sample), _original_joints(sample), atol=1e-9, rtol=0)
+
+
+def test_no_augmentation_is_an_exact_integer_slice():
+    rng = np.random.default_rng(6)
+    for pr in (True, False):
+        sample = _synthetic_sample(rng, pr=pr)
+        sample["image"] = rng.integers(0, 256, sample["image"].shape, dtype=np.uint8)
+        out = augment_sample(sample, S, AugmentConfig(enabled=False), np.random.default_rng(0))
+        off = (S_STORE - S) // 2
+        assert np.array_equal(out["image"], sample["image"][off:off + S, off:off + S])
+        np.testing.assert_array_equal(out["K_crop"], g.shift_intrinsics(sample["arrays"]["K_crop"], off, off))
+        np.testing.assert_allclose(out["uvd"][:, :2], sample["arrays"]["uvd"][:, :2] - off, atol=1e-3)
+        np.testing.assert_allclose(out["uvd"][:, 2], sample["arrays"]["uvd"][:, 2], atol=1e-6)
+        np.testing.assert_allclose(out["R"], sample["arrays"]["R"])
+        assert not out["flipped"] and not out["do_aug"]
+
+
+def test_same_seed_same_output_and_different_seed_differs():
+    sample = _synthetic_sample(np.random.default_rng(7))
+    sample["image"] = np.random.default_rng(8).integers(0, 256, sample["image"].shape, dtype=np.uint8)
+    cfg = replace(AugmentConfig(), p_no_aug=0.0, blur_prob=1, noise_prob=1, contrast_prob=1, hue_prob=1,
+                  channel_prob=1, cutout_prob=1)
+    a = augment_sample(sample, S, cfg, np.random.default_rng(42))
+    b = augment_sample(sample, S, cfg, np.random.default_rng(42))
+    c = augment_sample(sample, S, cfg, np.random.default_rng(43))
+    for k in ("image", "K_crop", "R", "uvd", "joints"):
+        assert np.array_equal(a[k], b[k]), k
+    assert not np.array_equal(a["image"], c["image"])
+
+
+def test_do_aug_coin_rate():
+    sample = _synthetic_sample(np.random.default_rng(9))
+    rng = np.random.default_rng(10)
+    n = 400
+    do = sum(augment_sample(sample, S, AugmentConfig(), rng)["do_aug"] for _ in range(n))
+    assert abs(do / n - 0.8) < 0.07
+
+
+@pytest.mark.parametrize("fn", [ph.blur_sharpen, ph.gaussian_noise, ph.contrast_brightness, ph.hue_saturation,
+                                ph.channel_mix, ph.cutout])
+def test_photometric_keeps_dtype_shape_and_is_seeded(fn):
+    img = np.random.default_rng(11).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ref = img.copy()
+    outs = [fn(img, np.random.default_rng(s)) for s in (1, 1, 2, 3, 4, 5)]
+    assert np.array_equal(img, ref)                       # input untouched
+    for o in outs:
+        assert o.dtype == np.uint8 and o.shape == img.shape
+    assert np.array_equal(outs[0], outs[1])
+    assert any(not np.array_equal(o, img) for o in outs)
+
+
+def test_channel_mix_gives_grey_and_cutout_covers_8_to_40_percent():
+    img = np.random.default_rng(12).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for s in range(6):
+        o = ph.channel_mix(img, np.random.default_rng(s))
+        assert np.array_equal(o[..., 0], o[..., 1]) and np.array_equal(o[..., 1], o[..., 2])
+    black = np.zeros((256, 256, 3), np.uint8)
+    for s in range(30):
+        frac = (ph.cutout(black, np.random.default_rng(s)).max(-1) > 0).mean()
+        assert frac <= 0.41
+
+
+def test_photometric_chain_uint8_full_probability():
+    img = np.random.default_rng(13).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cfg = replace(AugmentConfig(), blur_prob=1, noise_prob=1, contrast_prob=1, hue_prob=1, channel_prob=1)
+    out = ph.photometric(img, np.random.default_rng(0), cfg)
+    assert out.dtype == np.uint8 and out.shape == img.shape and not np.array_equal(out, img)
+
+
+def test_gaussian_noise_has_the_reference_sigma_on_every_channel():
+    img = np.full((128, 128, 3), 100, np.uint8)
+    diff = ph.gaussian_noise(img, np.random.default_rng(0)).astype(np.float64) - 100
+    np.testing.assert_allclose(diff.std(axis=(0, 1)), [20.0] * 3, rtol=0.03)   # sigma = mean / 5
+    assert abs(diff.mean()) < 0.5
+
+
+def test_contrast_brightness_keeps_the_mean_up_to_the_brightness_shift():
+    img = np.random.default_rng(1).integers(50, 200, (64, 64, 3), dtype=np.uint8)
+    for s in range(5):
+        out = ph.contrast_brightness(img, np.random.default_rng(s)).astype(np.float64)
+        assert abs(out.mean() - img.mean()) <= 0.5 * img.mean() + 1

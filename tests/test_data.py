@@ -1,0 +1,288 @@
+"""trainer.data: shard discovery and checks, batch contract, mixing, eval completeness, workers, errors."""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import geometry as g
+from pipeline.errors import InputError
+from pipeline.shard import (FORMAT_VERSION, BuildOptions, decode_sample, encode_sample, iter_tar, npz_bytes,
+                            process_row, write_tar)
+from pipeline.skeleton import get_skeleton, joint_slices
+from trainer.augment import AugmentConfig
+from trainer.data import DataSource, LoaderConfig, make_eval_loader, make_train_loader, resolve_shards
+from trainer.shard_decode import decode_raw, read_npz
+
+S = 64
+OPTS = BuildOptions(crop_size=S, context=1.25)          # stored crops 80 x 80
+SKELETONS = ("smpl24", "h36m17", "coco17")
+W, H = 160, 120
+
+
+def _row(rng, dataset: str, i: int, skeleton: str) -> tuple[dict, np.ndarray]:
+    J = get_skeleton(skeleton).num_joints
+    K = g.intrinsics(150.0, 150.0, 81.0, 58.0)
+    centre = np.array([rng.uniform(-0.3, 0.3), rng.uniform(-0.2, 0.2), rng.uniform(3.5, 5.0)])
+    joints = centre + rng.uniform(-0.4, 0.4, (J, 3)) * [1.0, 2.0, 0.3]
+    uv = g.project(joints, K)
+    lo, hi = uv.min(0), uv.max(0)
+    row = {"sample_id": f"{dataset}/train/seq{i % 2}/{i}/0", "dataset": dataset, "split": "train",
+           "sequence": f"seq{i % 2}", "frame": i, "person": 0, "image_path": f"{i}.jpg", "image_w": W, "image_h": H,
+           "K": K.reshape(-1).tolist(), "dist": [], "bbox": [lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1]],
+           "skeleton": skeleton, "joints_cam": joints.reshape(-1).tolist(), "joints_2d": None,
+           "joints_vis": [1] * J}
+    if skeleton == "coco17":     # 2D-only, no intrinsics
+        row.update(K=None, joints_cam=None, joints_2d=uv.reshape(-1).tolist(),
+                   joints_vis=[int(v) for v in rng.integers(0, 2, J)])
+    return row, rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def build_set(root: Path, dataset: str, n: int, n_shards: int, skeleton: str = "h36m17", seed: int = 0,
+              opts: BuildOptions = OPTS, build_json: bool = True) -> tuple[Path, dict]:
+    """A shard directory like perspose-build writes (tars + build.json); returns (dir, {sample_id: row})."""
+    rng = np.random.default_rng(seed)
+    out = root / dataset
+    out.mkdir(parents=True)
+    rows = [_row(rng, dataset, i, skeleton) for i in range(n)]
+    per = -(-n // n_shards)
+    shards = []
+    for k in range(n_shards):
+        enc = [encode_sample(process_row(r, img, opts)) for r, img in rows[k * per:(k + 1) * per]]
+        write_tar(out / f"shard-{k:06d}.tar", enc)
+        shards.append({"file": f"shard-{k:06d}.tar", "samples": len(enc)})
+    if build_json:
+        (out / "build.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "shards": shards,
+                                                    "options": {"crop_size": opts.crop_size}}))
+    return out, {r["sample_id"]: r for r, _ in rows}
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    a, rows_a = build_set(root, "alpha", 24, 3, "h36m17", seed=1)
+    b, rows_b = build_set(root, "beta", 12, 2, "coco17", seed=2)
+    return {"alpha": a, "beta": b, "rows": {**rows_a, **rows_b}, "root": root}
+
+
+def _cfg(**kw) -> LoaderConfig:
+    base = LoaderConfig(crop_size=S, skeletons=SKELETONS, batch_size=8, num_workers=0, shuffle_buffer=16, seed=3)
+    return replace(base, **kw)
+
+
+def test_batch_contract_and_labels_invert_to_manifest_joints(sets):
+    cfg = _cfg(samples_per_epoch=64)
+    loader = make_train_loader([DataSource("alpha", (str(sets["alpha"]),), 0.5),
+                                DataSource("beta", (str(sets["beta"]),), 0.5)], cfg)
+    assert len(loader) == 8
+    layout = joint_slices(SKELETONS)
+    J = max(s.stop for s in layout.values())
+    batches = list(loader)
+    assert len(batches) == 8
+    seen_2d = seen_3d = flipped = 0
+    for b in batches:
+        assert b["image"].shape == (8, 3, S, S) and b["image"].dtype == torch.uint8
+        assert b["K_crop"].shape == (8, 3, 3) and b["K_crop"].dtype == torch.float32
+        assert b["R"].dtype == torch.float64 and b["uvd"].shape == (8, J, 3) and b["uvd"].dtype == torch.float32
+        assert b["mask_uv"].shape == (8, J) and b["mask_d"].dtype == torch.float32
+        assert b["scale"].shape == (8,) and b["has_3d"].dtype == torch.bool and len(b["sample_id"]) == 8
+        for i in range(8):
+            own = np.zeros(J, bool)
+            own[layout[b["skeleton"][i]]] = True
+            assert not b["uvd"][i][~own].any() and not b["mask_uv"][i][~own].any() and not b["mask_d"][i][~own].any()
+            row = sets["rows"][b["sample_id"][i]]
+            perm = list(get_skeleton(row["skeleton"]).flip_perm)
+            vis = np.array(row["joints_vis"])[perm if b["flipped"][i] else slice(None)]
+            uv = b["uvd"][i, own, :2].numpy()
+            inside = np.all((uv >= -0.5) & (uv <= S - 0.5), 1)
+            np.testing.assert_array_equal(b["mask_uv"][i, own].numpy(), inside & (vis > 0))
+            flipped += bool(b["flipped"][i])
+            if b["has_3d"][i]:
+                seen_3d += 1
+                assert b["mask_d"][i, own].all() and b["has_intrinsics"][i]
+                np.testing.assert_allclose(b["K_crop"][i, :2, 2].numpy(), [(S - 1) / 2] * 2, atol=1e-4)
+                P, _ = g.joints_from_uvd(b["uvd"][i, own].double().numpy(), b["scale"][i].double().numpy(),
+                                         b["K_crop"][i].double().numpy(), b["R"][i].numpy())
+                if b["flipped"][i]:
+                    P = P[list(get_skeleton(row["skeleton"]).flip_perm)]
+                np.testing.assert_allclose(P, np.reshape(row["joints_cam"], (-1, 3)), atol=2e-3)
+            else:
+                seen_2d += 1
+                assert not b["mask_d"][i].any() and not b["has_intrinsics"][i] and b["scale"][i] == 0
+    assert seen_2d > 5 and seen_3d > 5 and 5 < flipped < 59
+
+
+def test_mixing_ratio_is_respected(sets):
+    cfg = _cfg(samples_per_epoch=2000, batch_size=50, augment=AugmentConfig(enabled=False))
+    loader = make_train_loader([DataSource("alpha", (str(sets["alpha"]),), 0.7),
+                                DataSource("beta", (str(sets["beta"]),), 0.3)], cfg)
+    names = [d for b in loader for d in b["dataset"]]
+    ids = {d for b in loader for d in b["sample_id"]}
+    assert len(names) == 2000
+    assert abs(names.count("alpha") / 2000 - 0.7) < 0.03      # binomial sd 0.010
+    assert len(ids) == 36                                     # resampling reaches every sample of both sources
+
+
+def test_train_loader_with_two_workers_is_seeded_and_epochs_differ(sets):
+    cfg = _cfg(samples_per_epoch=48, num_workers=2)
+    src = [DataSource("alpha", (str(sets["alpha"]),), 1.0), DataSource("beta", (str(sets["beta"]) + "/*.tar",), 1.0)]
+    loader = make_train_loader(src, cfg)
+    run1 = [b for b in loader]
+    run2 = [b for b in loader]
+    assert len(run1) == len(loader) == 6
+    assert [b["sample_id"] for b in run1] == [b["sample_id"] for b in run2]
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(run1, run2))
+    loader.set_epoch(1)
+    run3 = [b for b in loader]
+    assert [b["sample_id"] for b in run3] != [b["sample_id"] for b in run1]
+
+
+def _ids_in_file_order(d: Path) -> list[str]:
+    out = []
+    for t in sorted(d.glob("*.tar")):
+        with tarfile.open(t) as tf:
+            out += [json.loads(tf.extractfile(m).read())["sample_id"] for m in tf if m.name.endswith(".json")]
+    return out
+
+
+def test_eval_loader_is_complete_ordered_and_deterministic(sets):
+    cfg = _cfg(batch_size=5)
+    loader = make_eval_loader([str(sets["alpha"]), str(sets["beta"])], cfg)
+    batches = list(loader)
+    ids = [i for b in batches for i in b["sample_id"]]
+    assert ids == _ids_in_file_order(sets["alpha"]) + _ids_in_file_order(sets["beta"])
+    assert len(batches) == len(loader)
+    assert not any(b["flipped"].any() for b in batches)
+    again = list(loader)
+    assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["uvd"], y["uvd"]) for x, y in zip(batches, again))
+    # no augmentation: the integer centre slice of the stored crop, uv = stored uv - offset
+    off = (OPTS.store_size - S) // 2
+    first = decode_sample(next(iter_tar(sorted(sets["alpha"].glob("*.tar"))[0])))
+    own = joint_slices(SKELETONS)[first["meta"]["skeleton"]]
+    assert first["meta"]["sample_id"] == ids[0]
+    np.testing.assert_array_equal(batches[0]["image"][0].permute(1, 2, 0).numpy(),
+                                  first["image"][off:off + S, off:off + S])
+    np.testing.assert_allclose(batches[0]["uvd"][0, own, :2].numpy(), first["arrays"]["uvd"][:, :2] - off, atol=1e-3)
+
+
+def test_fast_decode_equals_reference_decode_and_never_unpickles(sets):
+    raw = next(iter_tar(sorted(sets["beta"].glob("*.tar"))[0]))
+    ref, fast = decode_sample(raw), decode_raw(raw)
+    assert np.array_equal(ref["image"], fast["image"]) and ref["meta"] == fast["meta"]
+    assert sorted(ref["arrays"]) == sorted(fast["arrays"])
+    for k, v in ref["arrays"].items():
+        assert v.dtype == fast["arrays"][k].dtype and v.shape == fast["arrays"][k].shape
+        np.testing.assert_array_equal(v, fast["arrays"][k])
+    arrays = {"a": np.arange(6.0).reshape(2, 3), "f": np.asfortranarray(np.arange(6).reshape(2, 3)),
+              "s": np.float64(2.5), "e": np.zeros(0), "b": np.array([True, False])}
+    for blob in (npz_bytes(arrays), _savez_compressed(arrays)):          # fast path and np.load fallback
+        out = read_npz(blob)
+        assert sorted(out) == sorted(arrays)
+        for k, v in arrays.items():
+            np.testing.assert_array_equal(out[k], v)
+            assert out[k].shape == np.shape(v) and out[k].dtype == np.asarray(v).dtype
+    buf = io.BytesIO()
+    np.savez(buf, o=np.array([_Boom()], dtype=object))
+    with pytest.raises(ValueError):
+        read_npz(buf.getvalue())
+
+
+def _savez_compressed(arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_eval_loader_with_workers_and_fewer_shards_than_workers(sets):
+    cfg = _cfg(batch_size=4, num_workers=4)
+    loader = make_eval_loader([str(sets["beta"])], cfg)          # 2 shards -> 2 workers
+    assert loader.num_workers == 2
+    ids = [i for b in loader for i in b["sample_id"]]
+    assert sorted(ids) == sorted(_ids_in_file_order(sets["beta"])) and len(ids) == len(set(ids)) == 12
+    assert ids == [i for b in loader for i in b["sample_id"]]
+    assert len(list(loader)) == len(loader)
+    one = make_eval_loader(sorted(sets["alpha"].glob("*.tar"))[0], _cfg(num_workers=2))
+    assert one.num_workers == 1 and sum(len(b["sample_id"]) for b in one) == 8
+
+
+def test_errors_are_input_errors(sets, tmp_path):
+    with pytest.raises(InputError, match="no such shard"):
+        resolve_shards([str(tmp_path / "missing")], S)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no .tar shards"):
+        resolve_shards([str(tmp_path / "empty")], S)
+    with pytest.raises(InputError, match="matches no shard"):
+        resolve_shards([str(tmp_path / "nothing*.tar")], S)
+    assert resolve_shards([str(sets["alpha"] / "shard-{000000..000002}.tar")], S).num_samples == 24
+    with pytest.raises(InputError, match="no such shard"):
+        resolve_shards([str(sets["alpha"] / "shard-{000000..000003}.tar")], S)
+    with pytest.raises(InputError, match="not a .tar"):
+        resolve_shards([str(sets["alpha"] / "build.json")], S)
+    with pytest.raises(InputError, match="smaller than the configured crop size"):
+        make_eval_loader([str(sets["alpha"])], _cfg(crop_size=2 * S))
+    with pytest.raises(InputError, match="skeleton"):
+        make_eval_loader([str(sets["alpha"])], _cfg(skeletons=("smpl24",)))
+    old, _ = build_set(tmp_path, "old", 2, 1)
+    bj = json.loads((old / "build.json").read_text())
+    (old / "build.json").write_text(json.dumps({**bj, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(InputError, match="format_version"):
+        make_train_loader([DataSource("old", (str(old),))], _cfg())
+    with pytest.raises(InputError, match="no training sources"):
+        make_train_loader([], _cfg())
+
+
+def test_crop_size_from_sample_json_without_build_json(tmp_path):
+    d, _ = build_set(tmp_path, "bare", 3, 1, build_json=False)
+    assert resolve_shards([str(d)], S).num_samples == 3
+    with pytest.raises(InputError, match="crop_size 64"):
+        resolve_shards([str(d / "shard-000000.tar")], S + 32)
+
+
+def test_larger_built_crop_is_zoomed_down(tmp_path):
+    d, rows = build_set(tmp_path, "big", 4, 1, opts=BuildOptions(crop_size=2 * S))
+    b = next(iter(make_eval_loader([str(d)], _cfg(batch_size=4))))
+    assert b["image"].shape == (4, 3, S, S)
+    for i in range(4):
+        row = rows[b["sample_id"][i]]
+        own = joint_slices(SKELETONS)["h36m17"]
+        P, _ = g.joints_from_uvd(b["uvd"][i, own].double().numpy(), b["scale"][i].double().numpy(),
+                                 b["K_crop"][i].double().numpy(), b["R"][i].numpy())
+        np.testing.assert_allclose(P, np.reshape(row["joints_cam"], (-1, 3)), atol=2e-3)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('unpickled!')",))
+
+
+def test_foreign_members_are_never_unpickled_and_bad_samples(sets, tmp_path):
+    src = sorted(sets["alpha"].glob("*.tar"))[0]
+    dst = tmp_path / "evil" / "shard-000000.tar"
+    dst.parent.mkdir()
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        members = [m for m in tin]
+        for j, m in enumerate(members):
+            data = tin.extractfile(m).read()
+            if j == 0:
+                extra = tarfile.TarInfo(m.name.split(".")[0] + ".pyd")
+                payload = pickle.dumps(_Boom())
+                extra.size = len(payload)
+                tout.addfile(extra, io.BytesIO(payload))
+            if m.name.endswith(".jpg") and j > 10:
+                data = b"not a jpeg"                   # corrupt samples after the first few
+            m.size = len(data)
+            tout.addfile(m, io.BytesIO(data))
+    n_good = sum(1 for j, m in enumerate(members) if m.name.endswith(".jpg") and j <= 10)
+    with pytest.raises(ValueError, match="cannot decode jpg"):
+        list(make_eval_loader([str(dst.parent)], _cfg(batch_size=1)))
+    ids = set()
+    for b in make_train_loader([DataSource("evil", (str(dst.parent),))], _cfg(samples_per_epoch=16)):
+        ids |= set(b["sample_id"])
+    assert 0 < len(ids) <= n_good

@@ -1,0 +1,184 @@
+"""Exact train-time augmentation of a stored shard crop (DESIGN §3, last paragraph; method-reference §2).
+
+A shard stores an S_store x S_store crop (context around the person) with intrinsics K_store. The final S x S
+crop is ONE resampling with the homography
+
+    H_aug = K_aug · R_aug · K_store⁻¹,    R_aug = R_tilt · R_roll
+
+where R_roll is a roll about the optical axis (the reference's in-plane rotation), R_tilt an optional tiny
+rotation about x/y (sub-pixel jitter; default off) and K_aug has focal f·zoom. Under PR the principal point stays
+at the S crop centre ((S-1)/2, (S-1)/2). Without PR (off-centre principal point c_store) we choose
+
+    c_aug = (S-1)/2 + zoom · Rot2(roll) · (c_store - (S_store-1)/2)
+
+so that the pixel map is a similarity about the stored crop's centre (the person stays centred) while the labels
+are still exactly pi(K_aug P''): K_aug R_roll K_store⁻¹ u = (S-1)/2 + zoom Rot2 (u - (S_store-1)/2).
+
+Labels are transformed exactly: P'' = R_aug P', R_total = R_aug R, uv = pi(K_aug P''), d = z'' - z''_root
+(unchanged by a roll, which keeps z), scale = z''_root / f_aug. A horizontal flip (per sample) maps u -> (S-1) - u,
+x -> -x, swaps joints by the skeleton's flip_perm, cx -> (S-1) - cx and R_total -> diag(-1,1,1) R_total (det -1;
+R_totalᵀ still maps back, then un-permute). 2D-only samples map uv through the same homography.
+
+Without augmentation (validation, or the 20 % no-aug coin) with shards built at the configured S, the final crop
+is the integer centre slice: no resampling, K shifted.
+
+Randomness: every draw comes from the ``np.random.Generator`` passed in, in a fixed order, so the same sample and
+generator state give the same bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from pipeline import geometry as g
+from pipeline.skeleton import get_skeleton
+
+from .photometric import cutout, photometric
+
+__all__ = ["AugmentConfig", "GeometricParams", "sample_geometric", "augmentation_homography", "augment_sample",
+           "transform_labels", "IDENTITY"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Reference defaults (configs/*.yaml: 46-74). ``enabled=False`` switches everything off (validation)."""
+    enabled: bool = True
+    p_no_aug: float = 0.2            # the do_aug coin: 80 % of samples get the chain below (flip is separate)
+    rot_prob: float = 0.5
+    rot_max_deg: float = 30.0        # roll ~ U(-30, 30) deg
+    zoom_prob: float = 0.2
+    zoom_min: float = 0.7            # f_aug = f * zoom; zoom < 1 zooms out
+    zoom_max: float = 1.1
+    jitter_px: float = 0.0           # sub-pixel jitter as a tiny x/y camera rotation (0 = off)
+    flip_prob: float = 0.5           # per sample, independent of the do_aug coin (the reference flips in the model)
+    blur_prob: float = 0.1
+    noise_prob: float = 0.3
+    contrast_prob: float = 0.5
+    hue_prob: float = 0.5
+    channel_prob: float = 0.1
+    cutout_prob: float = 0.4
+
+
+@dataclass(frozen=True)
+class GeometricParams:
+    roll: float = 0.0                # radians, rotation_about_z(roll) = rows (c,-s,0),(s,c,0),(0,0,1)
+    zoom: float = 1.0
+    tilt: tuple[float, float] = (0.0, 0.0)   # radians about the x and y axes
+    flip: bool = False
+
+    @property
+    def is_identity(self) -> bool:
+        return self.roll == 0.0 and self.zoom == 1.0 and self.tilt == (0.0, 0.0)
+
+
+IDENTITY = GeometricParams()
+
+
+def sample_geometric(cfg: AugmentConfig, rng: np.random.Generator, focal: float) -> tuple[GeometricParams, bool]:
+    """Draw (geometric params, do_aug) in a fixed order. ``focal`` (final-crop pixels) converts jitter px to radians."""
+    if not cfg.enabled:
+        return IDENTITY, False
+    do_aug = rng.uniform() >= cfg.p_no_aug
+    roll, zoom, tilt = 0.0, 1.0, (0.0, 0.0)
+    if do_aug:
+        if rng.uniform() < cfg.rot_prob:
+            roll = float(np.radians(rng.uniform(-cfg.rot_max_deg, cfg.rot_max_deg)))
+        if rng.uniform() < cfg.zoom_prob:
+            zoom = float(rng.uniform(cfg.zoom_min, cfg.zoom_max))
+        if cfg.jitter_px > 0:
+            tx, ty = rng.uniform(-cfg.jitter_px, cfg.jitter_px, 2) / focal
+            tilt = (float(np.arctan(ty)), float(np.arctan(tx)))   # about x moves v, about y moves u
+    flip = bool(rng.uniform() < cfg.flip_prob)
+    return GeometricParams(roll, zoom, tilt, flip), do_aug
+
+
+def _tilt_rotation(tilt) -> np.ndarray:
+    ax, ay = tilt
+    cx, sx, cy, sy = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay)
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+    return rx @ ry
+
+
+def augmentation_homography(K_store, store_size: int, crop_size: int, params: GeometricParams,
+                            base_zoom: float = 1.0):
+    """(H stored-crop pixel -> final-crop pixel (3, 3), K_final (3, 3), R_aug (3, 3)), float64, before any flip.
+
+    ``base_zoom`` = S / (crop size the shards were built for) rescales shards built for a larger crop exactly."""
+    K_store = g.as_f64(K_store)
+    zoom = params.zoom * base_zoom
+    R_roll = g.rotation_about_z(params.roll)
+    R_aug = _tilt_rotation(params.tilt) @ R_roll
+    c0 = 0.5 * (store_size - 1)
+    c_aug = 0.5 * (crop_size - 1) + zoom * (R_roll[:2, :2] @ (K_store[:2, 2] - c0))
+    K_final = g.intrinsics(K_store[0, 0] * zoom, K_store[1, 1] * zoom, c_aug[0], c_aug[1])
+    H = K_final @ R_aug @ np.linalg.inv(K_store)
+    return H / H[2, 2], K_final, R_aug
+
+
+def transform_labels(joints_rot, uv_store, has_3d: bool, R, R_aug, K_final, H, root: int):
+    """Exact labels in the final crop before flip: (P'' (J, 3), uvd (J, 3), scale, R_total), float64."""
+    R_total = g.as_f64(R_aug) @ g.as_f64(R)
+    if has_3d:
+        P = g.as_f64(joints_rot) @ g.as_f64(R_aug).T
+        uv = g.project(P, K_final)
+        d = P[:, 2] - P[root, 2]
+        scale = float(P[root, 2] / K_final[0, 0])
+    else:
+        P = np.zeros((len(uv_store), 3))
+        uv = g.apply_homography(H, g.as_f64(uv_store))
+        d = np.zeros(len(uv_store))
+        scale = 0.0
+    return P, np.concatenate([uv, d[:, None]], axis=1), scale, R_total
+
+
+def _flip(image, K, P, uvd, vis, R_total, crop_size: int, perm):
+    image = cv2.flip(image, 1)
+    K = g.flip_intrinsics(K, crop_size)
+    P = g.flip_points(P, perm)
+    uvd = g.flip_uvd(uvd, crop_size, perm)
+    vis = np.asarray(vis)[list(perm)]
+    R_total = np.diag([-1.0, 1.0, 1.0]) @ R_total
+    return image, K, P, uvd, vis, R_total
+
+
+def augment_sample(sample: dict, crop_size: int, cfg: AugmentConfig, rng: np.random.Generator) -> dict:
+    """Decoded shard sample (:func:`pipeline.shard.decode_sample`) -> final S crop with exact labels.
+
+    Returns {'image' (S, S, 3) uint8 RGB (may be a view into the stored crop), 'K_crop' (3, 3), 'R' (3, 3)
+    R_total, 'joints' (J, 3) P'', 'uvd' (J, 3), 'scale' float, 'vis' (J,) uint8, 'flipped' bool, 'do_aug' bool,
+    'params' GeometricParams}; geometry in float64.
+    """
+    arrays, meta = sample["arrays"], sample["meta"]
+    image = sample["image"]
+    store_size = int(image.shape[0])
+    built_for = int(meta.get("crop_size", crop_size))
+    if built_for < crop_size:
+        raise ValueError(f"sample {meta.get('sample_id')}: built for crop {built_for} < configured {crop_size}")
+    base_zoom = crop_size / built_for
+    K_store = g.as_f64(arrays["K_crop"])
+    params, do_aug = sample_geometric(cfg, rng, float(K_store[0, 0]) * base_zoom)
+    H, K_final, R_aug = augmentation_homography(K_store, store_size, crop_size, params, base_zoom)
+
+    if params.is_identity and base_zoom == 1.0 and (store_size - crop_size) % 2 == 0:
+        off = g.center_slice_offset(store_size, crop_size)
+        crop = image[off:off + crop_size, off:off + crop_size]   # exact: no resampling
+    else:
+        crop = cv2.warpPerspective(image, H, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+    sk = get_skeleton(meta["skeleton"])
+    P, uvd, scale, R_total = transform_labels(arrays["joints_rot"], arrays["uvd"][:, :2], bool(meta["has_3d"]),
+                                              arrays["R"], R_aug, K_final, H, sk.root)
+    vis = np.asarray(arrays["vis"], np.uint8)
+    if do_aug:
+        crop = photometric(crop, rng, cfg)
+        if rng.uniform() < cfg.cutout_prob:
+            crop = cutout(crop, rng)
+    K = K_final
+    if params.flip:
+        crop, K, P, uvd, vis, R_total = _flip(crop, K, P, uvd, vis, R_total, crop_size, sk.flip_perm)
+    return {"image": crop, "K_crop": K, "R": R_total, "joints": P, "uvd": uvd,
+            "scale": scale, "vis": vis, "flipped": params.flip, "do_aug": do_aug, "params": params}

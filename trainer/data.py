@@ -1,0 +1,385 @@
+"""Shard loaders: webdataset streams per dataset, seeded mixing by ratios, exact augmentation, uint8 batches.
+
+Batch contract (a dict; B samples, J = joints of the configured skeletons concatenated in
+:func:`pipeline.skeleton.joint_slices` order; also in notes/BATCH_API.md):
+
+* ``image``          torch.uint8 (B, 3, S, S) RGB, channels_last strides, NOT normalised (done on the device)
+* ``K_crop``         torch.float32 (B, 3, 3) intrinsics of the final S crop (after zoom / roll / flip)
+* ``R``              torch.float64 (B, 3, 3) R_total: P'' = R_total P (original camera -> final crop camera);
+                     det -1 for flipped samples (R_totalᵀ still maps back; then un-permute by flip_perm)
+* ``uvd``            torch.float32 (B, J, 3) u, v final-crop pixels, d = z'' - z''_root (m); 0 outside own slice
+* ``joints``         torch.float32 (B, J, 3) P'' in metres (0 for 2D-only samples and outside the own slice)
+* ``mask_uv``        torch.float32 (B, J) own joints with vis > 0 and uv inside [-0.5, S-0.5]^2
+* ``mask_d``         torch.float32 (B, J) own joints of 3D samples
+* ``scale``          torch.float32 (B,) z''_root / f_final (m/px); 0 for 2D-only
+* ``has_3d``, ``has_intrinsics``, ``flipped``  torch.bool (B,)
+* ``dataset``, ``sample_id``, ``skeleton``     list[str];  ``meta`` list[dict] (the shard json)
+
+Training stream (:func:`make_train_loader`): per source a ``wds.DataPipeline`` of ``wds.ResampledShards``
+(deterministic, seeded by (seed, epoch, rank, worker): ``wds.WebDataset(resampled=True)`` seeds its resampler
+from the pid and the clock, which would make runs irreproducible), ``wds.split_by_node``, ``wds.split_by_worker``,
+tar reading with ``warn_and_continue`` and a seeded sample shuffle buffer; the sources are mixed per sample by a
+seeded ``np.random.Generator`` with the normalised ratios. Only the jpg/npz/json members are decoded, by
+:func:`trainer.shard_decode.decode_raw` (= :func:`pipeline.shard.decode_sample`, with a fast .npz reader; the
+webdataset default decoders unpickle). An epoch is
+``samples_per_epoch`` global samples, split exactly over ranks and workers (webdataset's ``with_epoch`` counts
+per worker). Call ``loader.set_epoch(e)`` before iterating: worker processes are re-created per epoch and their
+seeds include ``e``. Resampled streams are infinite, so any number of workers works with any number of shards.
+
+Evaluation stream (:func:`make_eval_loader`): ``wds.WebDataset(shardshuffle=False, split_by_node,
+split_by_worker, handler=reraise_exception)``, no augmentation: every sample exactly once; with 0 or 1 workers in
+file order, with more workers worker w reads shards w, w+n, ... and batches alternate between workers
+(deterministic). Workers are capped at the number of shards of this rank.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import tarfile
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from braceexpand import braceexpand
+
+from pipeline.errors import InputError
+from pipeline.shard import FORMAT_VERSION, iter_tar
+from pipeline.skeleton import joint_slices
+
+from .augment import AugmentConfig, augment_sample
+from .shard_decode import decode_raw
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DataSource", "LoaderConfig", "ShardSet", "resolve_shards", "sample_to_record", "collate",
+           "make_train_loader", "make_eval_loader", "ShardLoader"]
+
+DEFAULT_SKELETONS = ("smpl24", "h36m17", "mpi_inf_3dhp17", "coco17")
+_MAX_CONSECUTIVE_FAILURES = 1000
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One dataset: shard directories, .tar files or globs; ``ratio`` is normalised over the sources.
+    (trainer.config.SourceConfig has the same fields and can be passed instead.)"""
+    name: str
+    paths: tuple[str, ...]
+    ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    crop_size: int = 256
+    skeletons: tuple[str, ...] = DEFAULT_SKELETONS
+    batch_size: int = 96                  # per rank
+    num_workers: int = 4                  # per rank
+    shuffle_buffer: int = 1000            # samples, per source and worker
+    samples_per_epoch: int | None = None  # global (all ranks); None: the sources' sample count
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    name: str
+    urls: tuple[str, ...]                 # non-empty shards only
+    counts: tuple[int, ...]               # samples per shard
+    ratio: float = 1.0
+
+    @property
+    def num_samples(self) -> int:
+        return int(sum(self.counts))
+
+
+# ------------------------------------------------------------------------------------------- shard discovery
+def _read_build_json(d: Path) -> dict | None:
+    p = d / "build.json"
+    if not p.is_file():
+        return None
+    try:
+        info = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{p}: unreadable build.json ({e})") from None
+    if info.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{p}: shard format_version {info.get('format_version')!r}, this toolkit reads "
+                         f"{FORMAT_VERSION}; rebuild the shards")
+    return info
+
+
+def _count_samples(tar: Path) -> int:
+    try:
+        with tarfile.open(tar, "r") as tf:
+            return sum(1 for m in tf if m.isfile() and m.name.endswith(".json"))
+    except (OSError, tarfile.TarError) as e:
+        raise InputError(f"{tar}: not a readable tar shard ({e})") from None
+
+
+def _expand(path: str) -> list[Path]:
+    if "{" in path:                              # brace patterns like shard-{000000..000041}.tar
+        return [q for part in braceexpand(path) for q in _expand(part)]
+    if any(c in path for c in "*?["):
+        hits = sorted(glob.glob(path))
+        if not hits:
+            raise InputError(f"{path}: the pattern matches no shard")
+        return [Path(h) for h in hits]
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{path}: no such shard directory or file")
+    return [p]
+
+
+def _check_crop_size(built_for, where, crop_size: int) -> None:
+    if built_for is not None and int(built_for) < crop_size:
+        raise InputError(f"{where}: shards were built for crop_size {built_for}, smaller than the configured "
+                         f"crop size {crop_size}; rebuild them with `perspose-build shards --crop {crop_size}`")
+
+
+def resolve_shards(paths, crop_size: int, name: str = "", skeletons=None, ratio: float = 1.0) -> ShardSet:
+    """Shard dirs / .tar files / globs -> a checked :class:`ShardSet` (raises InputError on user errors)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    urls, counts, seen, builds = [], [], set(), {}
+    for spec in paths:
+        for p in _expand(str(spec)):
+            tars = sorted(p.glob("*.tar")) if p.is_dir() else [p]
+            if p.is_file() and p.suffix != ".tar":
+                raise InputError(f"{p}: not a .tar shard")
+            d = p if p.is_dir() else p.parent
+            if d not in builds:                  # build.json once per directory (globs list many tars)
+                info = _read_build_json(d)
+                if info is not None:
+                    _check_crop_size(info.get("options", {}).get("crop_size"), d / "build.json", crop_size)
+                builds[d] = {s.get("file"): s.get("samples") for s in (info or {}).get("shards", [])}
+            known = builds[d]
+            for t in tars:
+                key = str(t.resolve())
+                if key in seen:
+                    continue
+                seen.add(key)
+                n = known.get(t.name)
+                urls.append(str(t))
+                counts.append(int(n) if n is not None else _count_samples(t))
+    label = name or ", ".join(map(str, paths))
+    if not urls:
+        raise InputError(f"{label}: no .tar shards found in {', '.join(map(str, paths))}")
+    if sum(counts) == 0:
+        raise InputError(f"{label}: the shards contain no samples")
+    nonempty = [(u, c) for u, c in zip(urls, counts) if c > 0]
+    first = next(iter_tar(nonempty[0][0]))
+    try:
+        meta = json.loads(first["json"])
+    except (KeyError, ValueError):
+        raise InputError(f"{nonempty[0][0]}: first sample has no readable .json; not a PersPose shard") from None
+    _check_crop_size(meta.get("crop_size"), nonempty[0][0], crop_size)
+    if skeletons is not None and meta.get("skeleton") not in skeletons:
+        raise InputError(f"{nonempty[0][0]}: skeleton {meta.get('skeleton')!r} is not among the configured "
+                         f"skeletons {', '.join(skeletons)}")
+    return ShardSet(name or Path(str(paths[0])).name, tuple(u for u, _ in nonempty), tuple(c for _, c in nonempty),
+                    float(ratio))
+
+
+# ------------------------------------------------------------------------------------------- samples -> batch
+def sample_to_record(raw: dict, crop_size: int, layout: dict, aug: AugmentConfig, rng: np.random.Generator) -> dict:
+    """Raw tar members {'jpg','npz','json',...} -> one augmented sample in the concatenated joint layout."""
+    s = decode_raw(raw)                          # reads only jpg / npz / json, never unpickles
+    meta = s["meta"]
+    sl = layout.get(meta["skeleton"])
+    if sl is None:
+        raise ValueError(f"sample {meta.get('sample_id')}: skeleton {meta['skeleton']!r} is not configured")
+    out = augment_sample(s, crop_size, aug, rng)
+    J = max(v.stop for v in layout.values())
+    uvd = np.zeros((J, 3), np.float32)
+    joints = np.zeros((J, 3), np.float32)
+    mask_uv = np.zeros(J, np.float32)
+    mask_d = np.zeros(J, np.float32)
+    uvd[sl] = out["uvd"]
+    joints[sl] = out["joints"]
+    uv = out["uvd"][:, :2]
+    inside = np.all((uv >= -0.5) & (uv <= crop_size - 0.5), axis=1)
+    mask_uv[sl] = (out["vis"] > 0) & inside
+    has_3d = bool(meta["has_3d"])
+    mask_d[sl] = float(has_3d)
+    return {"image": out["image"], "K_crop": out["K_crop"].astype(np.float32), "R": out["R"], "uvd": uvd,
+            "joints": joints, "mask_uv": mask_uv, "mask_d": mask_d, "scale": np.float32(out["scale"]),
+            "has_3d": has_3d, "has_intrinsics": bool(meta["has_intrinsics"]), "flipped": bool(out["flipped"]),
+            "dataset": str(meta["dataset"]), "sample_id": str(meta["sample_id"]), "skeleton": meta["skeleton"],
+            "meta": meta}
+
+
+def collate(records: list[dict]) -> dict:
+    """Stack records into the batch contract (module docstring)."""
+    def stack(k, dtype=None):
+        return torch.from_numpy(np.ascontiguousarray(np.stack([r[k] for r in records]), dtype=dtype))
+    images = torch.from_numpy(np.stack([r["image"] for r in records]))        # (B, S, S, 3)
+    return {"image": images.permute(0, 3, 1, 2),                               # channels_last view, no copy
+            "K_crop": stack("K_crop", np.float32), "R": stack("R", np.float64), "uvd": stack("uvd"),
+            "joints": stack("joints"), "mask_uv": stack("mask_uv"), "mask_d": stack("mask_d"),
+            "scale": stack("scale", np.float32),
+            "has_3d": torch.tensor([r["has_3d"] for r in records]),
+            "has_intrinsics": torch.tensor([r["has_intrinsics"] for r in records]),
+            "flipped": torch.tensor([r["flipped"] for r in records]),
+            "dataset": [r["dataset"] for r in records], "sample_id": [r["sample_id"] for r in records],
+            "skeleton": [r["skeleton"] for r in records], "meta": [r["meta"] for r in records]}
+
+
+# ------------------------------------------------------------------------------------------- training stream
+def _source_pipeline(shards: ShardSet, seed: int, buffer: int):
+    stages = [wds.ResampledShards(list(shards.urls), seed=seed, deterministic=True),
+              wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+    if buffer > 1:
+        stages.append(wds.shuffle(buffer, initial=min(buffer, 100), seed=seed))
+    return wds.DataPipeline(*stages)
+
+
+def _split(n: int, parts: int, i: int) -> int:
+    return n // parts + (i < n % parts)
+
+
+class MixedStream(torch.utils.data.IterableDataset):
+    """Infinite seeded mix of the sources, cut into epochs of ``batches_per_rank`` batches on this rank."""
+
+    def __init__(self, sets: list[ShardSet], cfg: LoaderConfig, batches_per_rank: int):
+        super().__init__()
+        self.sets, self.cfg, self.batches_per_rank = sets, cfg, batches_per_rank
+        self.layout = joint_slices(cfg.skeletons)
+        p = np.array([s.ratio for s in sets], np.float64)
+        self.probs = p / p.sum()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.batches_per_rank
+
+    def __iter__(self):
+        rank, _, worker, num_workers = wds.utils.pytorch_worker_info()
+        seq = np.random.SeedSequence([self.cfg.seed, self.epoch, rank, worker])
+        src_seeds = seq.generate_state(len(self.sets))
+        rng = np.random.default_rng(seq.spawn(1)[0])
+        streams = [iter(_source_pipeline(s, int(sd), self.cfg.shuffle_buffer)) for s, sd in zip(self.sets, src_seeds)]
+        for _ in range(_split(self.batches_per_rank, num_workers, worker)):
+            yield collate(self._records(streams, rng))
+
+    def _records(self, streams, rng) -> list[dict]:
+        out, failures = [], 0
+        choices = rng.choice(len(streams), size=self.cfg.batch_size, p=self.probs)
+        i = 0
+        while len(out) < self.cfg.batch_size:
+            k = int(choices[i]) if i < len(choices) else int(rng.choice(len(streams), p=self.probs))
+            i += 1
+            raw = next(streams[k])
+            try:
+                out.append(sample_to_record(raw, self.cfg.crop_size, self.layout, self.cfg.augment, rng))
+                failures = 0
+            except Exception as e:  # a bad sample must not stop training (warn_and_continue)
+                failures += 1
+                log.warning("skipping sample %s from %s: %s", raw.get("__key__"), raw.get("__url__"), e)
+                if failures >= _MAX_CONSECUTIVE_FAILURES:
+                    raise RuntimeError(f"{failures} consecutive unreadable samples; last: {e}") from e
+        return out
+
+
+def _as_is(batch):
+    """The streams yield finished batches; DataLoader's default_convert would walk every meta dict."""
+    return batch
+
+
+class ShardLoader:
+    """A torch DataLoader over a stream with ``set_epoch`` and ``len`` (batches per epoch on this rank)."""
+
+    def __init__(self, dataset, cfg: LoaderConfig, num_workers: int):
+        self.dataset = dataset
+        self.num_workers = num_workers
+        kw = {"prefetch_factor": cfg.prefetch_factor} if num_workers > 0 else {}
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                                                  collate_fn=_as_is, pin_memory=cfg.pin_memory,
+                                                  persistent_workers=False, **kw)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def _as_sets(sources, cfg: LoaderConfig) -> list[ShardSet]:
+    if not sources:
+        raise InputError("no training sources given (a recipe or --train)")
+    sets = []
+    for s in sources:
+        if isinstance(s, ShardSet):
+            sets.append(s)
+        else:
+            sets.append(resolve_shards(s.paths, cfg.crop_size, s.name, cfg.skeletons, s.ratio))
+    if not all(s.ratio > 0 for s in sets):
+        raise InputError("every source ratio must be > 0")
+    return sets
+
+
+def make_train_loader(sources, cfg: LoaderConfig) -> ShardLoader:
+    """Sources (DataSource / SourceConfig / ShardSet) -> an infinite, resampled, augmented, mixed loader whose
+    epochs have ``samples_per_epoch // (batch_size * world_size)`` batches per rank."""
+    sets = _as_sets(sources, cfg)
+    _, world, _, _ = wds.utils.pytorch_worker_info()
+    total = cfg.samples_per_epoch or sum(s.num_samples for s in sets)
+    batches = max(1, total // (cfg.batch_size * world))
+    log.info("training mix: %s; %d batches of %d per rank and epoch",
+             ", ".join(f"{s.name} {p:.3f} ({s.num_samples} samples, {len(s.urls)} shards)"
+                       for s, p in zip(sets, np.array([s.ratio for s in sets]) / sum(s.ratio for s in sets))),
+             batches, cfg.batch_size)
+    return ShardLoader(MixedStream(sets, cfg, batches), cfg, cfg.num_workers)
+
+
+# ------------------------------------------------------------------------------------------- evaluation stream
+def make_eval_loader(sources, cfg: LoaderConfig, batch_size: int | None = None) -> ShardLoader:
+    """Finite, ordered, un-augmented loader over every sample once. ``sources``: paths, or DataSource-likes
+    (concatenated in the given order)."""
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    if not sources:
+        raise InputError("no evaluation shards given")
+    sets = [s if isinstance(s, ShardSet) else
+            resolve_shards(getattr(s, "paths", s), cfg.crop_size, getattr(s, "name", ""), cfg.skeletons)
+            for s in sources]
+    urls = [u for s in sets for u in s.urls]
+    rank, world, _, _ = wds.utils.pytorch_worker_info()
+    mine = len(range(rank, len(urls), world))
+    workers = min(cfg.num_workers, mine)
+    if workers < cfg.num_workers:
+        log.info("eval loader: %d shard(s) on rank %d, using %d worker(s) instead of %d",
+                 mine, rank, workers, cfg.num_workers)
+    bs = batch_size or cfg.batch_size
+    record = partial(sample_to_record, crop_size=cfg.crop_size, layout=joint_slices(cfg.skeletons),
+                     aug=AugmentConfig(enabled=False), rng=np.random.default_rng(0))
+    ds = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node,
+                         workersplitter=wds.split_by_worker, handler=wds.reraise_exception, empty_check=False)
+          .map(record).batched(bs, collation_fn=collate, partial=True))
+    mine_counts = [c for s in sets for c in s.counts][rank::world]
+    per_worker = [mine_counts[w::max(workers, 1)] for w in range(max(workers, 1))]
+    n_batches = sum(-(-sum(c) // bs) for c in per_worker)
+    return ShardLoader(_Sized(ds, n_batches), cfg, workers)
+
+
+class _Sized(torch.utils.data.IterableDataset):
+    """Wraps a finite webdataset pipeline; len = batches on this rank (each worker ends with a partial batch)."""
+
+    def __init__(self, ds, n_batches: int):
+        super().__init__()
+        self.ds, self.n_batches = ds, n_batches
+
+    def __iter__(self):
+        return iter(self.ds)
+
+    def __len__(self) -> int:
+        return self.n_batches
