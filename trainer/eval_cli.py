@@ -105,7 +105,7 @@ def _versions() -> dict:
                              capture_output=True, text=True).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         sha = None
-    return {"perspose": pkg, "git_sha": sha, "python": platform.python_version(), "torch": torch.__version__,
+    return {"perspose": pkg, "git_sha": sha, "python": platform.python_version(), "torch": str(torch.__version__),
             "numpy": numpy.__version__}
 
 

@@ -207,7 +207,7 @@ def checkpoint_state(raw, optimizer, cfg: TrainConfig, dist: Dist, step: int, be
             "samples_seen": step * cfg.batch_size * dist.world_size,
             "data": {"epoch": epoch, "segment_start": step, "loader_seed": segment_seed(cfg.seed, epoch, step)},
             "rng": rng_state(), "best": best, "world_size": dist.world_size,
-            "config": config_to_dict(cfg), "versions": {"torch": torch.__version__, "format": 1}}
+            "config": config_to_dict(cfg), "versions": {"torch": str(torch.__version__), "format": 1}}
 
 
 def _reduce_mean(values: dict, dist: Dist) -> dict:
