@@ -144,3 +144,66 @@ def test_bad_input_is_a_one_line_error(shards, tmp_path):
     _one_line_error(_cli([*base]), "no training data")
     _one_line_error(_cli(["--out", tmp_path / "fresh", "--resume"]), "nothing to resume")
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg, run_dir: str, out_dir: str):
+    """One torchrun-like rank: env:// rendezvous through setup_distributed, then fit; dumps what it ended with."""
+    import os
+
+    import torch.distributed as tdist
+
+    import trainer.train as T
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    seen, batches = [], T.train_batches
+
+    def recording(*a, **k):  # the sample ids this rank trained on, batch by batch
+        for b in batches(*a, **k):
+            seen.append(list(b["sample_id"]))
+            yield b
+
+    T.train_batches = recording
+    dist = T.setup_distributed()
+    try:
+        raw, summary = T.fit(cfg, run_dir, dist, progress=False)
+        torch.save({"world_size": dist.world_size, "backend": tdist.get_backend(), "summary": summary,
+                    "seen": seen, "params": {n: p.detach().clone() for n, p in raw.named_parameters()},
+                    "buffers": {n: b.detach().clone() for n, b in raw.named_buffers()}},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_ddp_two_gloo_ranks_end_with_identical_parameters(shards, tmp_path):
+    """2 CPU ranks (gloo), 3 optimizer steps crossing an epoch end (validation all-reduce, barrier, checkpoint):
+    gradients are averaged, so both ranks end with bit-identical parameters while reading different samples."""
+    import torch.multiprocessing as mp
+
+    cfg = tiny_config(shards, max_steps=3)  # 20 samples / (4 x 2 ranks): 2 steps per epoch
+    run = tmp_path / "run"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(run), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert r0["world_size"] == r1["world_size"] == 2 and r0["backend"] == "gloo"
+    assert set(r0["params"]) == set(r1["params"])
+    # parameters only: BN running stats are rank-local on the CPU (no SyncBN; DDP broadcasts rank 0's buffers
+    # at the start of each forward, so after the last forward they differ by one local update)
+    diff = [n for n in r0["params"] if not torch.equal(r0["params"][n], r1["params"][n])]
+    assert not diff, f"ranks disagree on {len(diff)} parameters, e.g. {diff[:5]}"
+    assert len(r0["seen"]) == len(r1["seen"]) == 3 and all(len(b) == 4 for b in r0["seen"] + r1["seen"])
+    assert r0["seen"] != r1["seen"], "both ranks trained on the same samples"
+    ck = load_checkpoint(run / "last.pt")  # written by rank 0 only, from rank 0's model
+    assert ck["step"] == 3 and ck["world_size"] == 2 and ck["samples_seen"] == 24
+    assert all(torch.equal(ck["model"][n], p) for n, p in r0["params"].items())
+    assert (run / "best.pt").is_file() and r0["summary"]["steps"] == r1["summary"]["steps"] == 3
+    init = build(cfg, CPU)[0].state_dict()
+    assert any(not torch.equal(init[n], p) for n, p in r0["params"].items()), "the parameters never changed"
