@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""The paper's Table 2 ablation (no PE, no PR -> PE -> PE + PR), reproduced on a synthetic perspective benchmark.
+
+One command runs it end to end, with the toolkit's own console scripts, and resumes where it stopped:
+
+1. ``perspose-build synth``: train / val / test sets of people anywhere in frame, horizontal FOV 30-120 deg;
+2. ``perspose-build shards`` twice from the same manifests: with PR, and ``--no-pr`` (R = I, off-centre
+   principal point); both verified;
+3. ``perspose-train`` per arm and seed, identical except for the arm: ``baseline`` (no-PR shards, PE off),
+   ``pe`` (no-PR shards, PE on), ``pe_pr`` (PR shards, PE on); best checkpoint chosen on val, never on test;
+4. ``perspose-eval`` of each best checkpoint on the arm's test shards (flip test; Rᵀ back to the original camera, so
+   the three arms are compared in the same frame, on the samples all of them have);
+5. ``OUT/ablation.md`` and ``results.json``: depth error, PA-MPJPE, MPJPE per arm (mean +- std over seeds), the
+   same per PR-angle bin; ``arms.png`` (the arms compared) and ``error_vs_pr_angle.png``.
+
+Defaults are sized for ~10 minutes per arm and seed on 2 CPU cores (tiny HRNet, 64 px crops); ``--full`` is the
+paper's model (W48, 256 px) for a CUDA machine. Usage:
+    .venv/bin/python scripts/ablation.py --out runs/ablation [--seeds 0 1] [--steps 1500] [--full]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ARMS = {  # name: (shard variant, PE on, label)
+    "baseline": ("nopr", False, "no PE, no PR"),
+    "pe": ("nopr", True, "PE"),
+    "pe_pr": ("pr", True, "PE + PR"),
+}
+METRICS = (("depth_err_mm", "depth err"), ("pa_mpjpe_mm", "PA-MPJPE"), ("mpjpe_mm", "MPJPE"))
+PAPER = {"baseline": (57.3, None, 80.1), "pe": (53.7, None, 76.6), "pe_pr": (51.0, None, 71.9)}  # Table 2, 3DHP
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def run(cmd: list[str], log_file: Path) -> None:
+    print("$", " ".join(cmd), flush=True)
+    with open(log_file, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        sys.exit(f"command failed (exit {r.returncode}); see {log_file}")
+
+
+def make_data(args, out: Path, log: Path) -> None:
+    sizes = {"train": args.n_train, "val": args.n_val, "test": args.n_test}
+    for i, (split, n) in enumerate(sizes.items()):
+        d = out / "synth" / split
+        if not (d / "manifest.parquet").is_file():
+            run([bin_path("perspose-build"), "synth", "--out", str(d), "--split", split, "-n", str(n),
+                 "--seed", str(args.data_seed + i), "--fov-range", *map(str, args.fov_range), "--no-progress"], log)
+        for variant in ("pr", "nopr"):
+            s = out / "shards" / variant / split
+            if not (s / "build.json").is_file():
+                run([bin_path("perspose-build"), "shards", str(d / "manifest.parquet"), "--out", str(s),
+                     "--crop", str(args.crop), "--shard-size", "500", "--no-progress",
+                     *(["--no-pr"] if variant == "nopr" else [])], log)
+                run([bin_path("perspose-build"), "verify", str(s)], log)
+
+
+def train_and_eval(args, out: Path, arm: str, seed: int, log: Path) -> Path:
+    variant, use_pe, _ = ARMS[arm]
+    run_dir = out / "runs" / f"{arm}_seed{seed}"
+    steps_per_epoch = max(1, args.steps // args.epochs)
+    sets = [f"model.use_pe={str(use_pe).lower()}", f"seed={seed}", f"batch_size={args.batch}",
+            f"epoch_samples={steps_per_epoch * args.batch}", f"epochs={args.epochs}", f"max_steps={args.steps}",
+            f"optim.decay_every_epochs={max(1.0, args.epochs / 3):g}", f"checkpoint_every_steps={steps_per_epoch}",
+            "data.num_workers=1", "data.val_max_samples=0"]
+    sets += [f"model.crop_size={args.crop}"] + ([] if args.full else [f"model.width={args.width}"])
+    ck = run_dir / "last.pt"
+    done = run_dir / "train.done"
+    if not done.is_file():
+        preset = "paper" if args.full and args.preset == "demo" else args.preset
+        cmd = [bin_path("perspose-train"), "--config", preset, "--no-progress", "--out", str(run_dir)]
+        if ck.is_file():
+            cmd += ["--resume"]
+        else:
+            cmd += ["--train", str(out / "shards" / variant / "train"), "--val", str(out / "shards" / variant / "val")]
+        t0 = time.time()
+        run(cmd + sum((["--set", s] for s in sets), []), log)
+        done.write_text(json.dumps({"train_seconds": time.time() - t0}))
+    ev = run_dir / "eval"
+    if not (ev / "predictions.parquet").is_file():
+        run([bin_path("perspose-eval"), "--ckpt", str(run_dir / "best.pt"), "--shards",
+             str(out / "shards" / variant / "test"), "--out", str(ev), "--workers", "1", "--no-progress"], log)
+    return ev / "predictions.parquet"
+
+
+def load_predictions(paths: dict) -> dict:
+    """{(arm, seed): {sample_id: (pr_angle_deg, metric values)}} restricted to the samples every run has."""
+    tables = {k: pq.read_table(p, columns=["sample_id", "pr_angle_deg", *(m for m, _ in METRICS)]).to_pylist()
+              for k, p in paths.items()}
+    common = set.intersection(*({r["sample_id"] for r in t} for t in tables.values()))
+    return {k: {r["sample_id"]: r for r in t if r["sample_id"] in common} for k, t in tables.items()}, len(common)
+
+
+def summarize(preds: dict, seeds: list[int], bin_deg: float = 10.0) -> dict:
+    res = {}
+    for arm in ARMS:
+        runs = [preds[(arm, s)] for s in seeds if (arm, s) in preds]
+        if not runs:
+            continue
+        per_seed = {m: [float(np.mean([r[m] for r in run.values()])) for run in runs] for m, _ in METRICS}
+        ids = sorted(runs[0])
+        angle = np.array([runs[0][i]["pr_angle_deg"] for i in ids])
+        bins = np.floor(angle / bin_deg) * bin_deg
+        by_bin = {}
+        for b in np.unique(bins):
+            sel = [i for i, bb in zip(ids, bins) if bb == b]
+            vals = [float(np.mean([run[i]["mpjpe_mm"] for i in sel])) for run in runs]
+            by_bin[f"{b:g}-{b + bin_deg:g}"] = {"lo": float(b), "n": len(sel), "mpjpe_mean": float(np.mean(vals)),
+                                                "mpjpe_std": float(np.std(vals))}
+        res[arm] = {"seeds": len(runs), "per_seed": per_seed,
+                    "mean": {m: float(np.mean(v)) for m, v in per_seed.items()},
+                    "std": {m: float(np.std(v)) for m, v in per_seed.items()}, "pr_bins": by_bin}
+    return res
+
+
+def markdown(res: dict, n: int, args, compute: dict) -> str:
+    lines = [f"Synthetic perspective benchmark: {n} test samples common to every run, seeds {args.seeds}, "
+             f"{'W48' if args.full else f'width {args.width}'}, {args.crop} px crops, {args.steps} steps of batch "
+             f"{args.batch}. Errors in mm, mean ± std over seeds (std over seeds, population).", "",
+             "| arm | " + " | ".join(h for _, h in METRICS) + " | paper (3DHP) depth / MPJPE |",
+             "|---|" + "---|" * (len(METRICS) + 1)]
+    for arm, r in res.items():
+        p = PAPER[arm]
+        cells = [f"{r['mean'][m]:.1f} ± {r['std'][m]:.1f}" for m, _ in METRICS]
+        lines.append(f"| {ARMS[arm][2]} | " + " | ".join(cells) + f" | {p[0]} / {p[2]} |")
+    lines += ["", "MPJPE (mm) per PR-angle bin (angle between the optical axis and the ray to the box centre):", "",
+              "| PR angle (deg) | N | " + " | ".join(ARMS[a][2] for a in res) + " |",
+              "|---|---|" + "---|" * len(res)]
+    first = next(iter(res.values()))["pr_bins"]
+    for b, info in first.items():
+        cells = [f"{res[a]['pr_bins'][b]['mpjpe_mean']:.1f} ± {res[a]['pr_bins'][b]['mpjpe_std']:.1f}" for a in res]
+        lines.append(f"| {b} | {info['n']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Compute: {compute['device']}; training {compute['train_minutes']:.1f} min per run on average "
+              f"({compute['total_minutes']:.0f} min in all, data building included)."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(res: dict, out: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(9, 3.6))
+    FigureCanvasAgg(fig)
+    for k, (m, title) in enumerate(METRICS):
+        ax = fig.add_subplot(1, len(METRICS), k + 1)
+        names = [ARMS[a][2] for a in res]
+        ax.bar(names, [res[a]["mean"][m] for a in res], yerr=[res[a]["std"][m] for a in res], capsize=4,
+               color=["#999999", "#4c78a8", "#f58518"][:len(res)])
+        ax.set_title(f"{title} (mm)")
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "arms.png", dpi=110)
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for a, r in res.items():
+        bins = sorted(r["pr_bins"].values(), key=lambda b: b["lo"])
+        x = [b["lo"] + 5 for b in bins]
+        ax.errorbar(x, [b["mpjpe_mean"] for b in bins], yerr=[b["mpjpe_std"] for b in bins], marker="o",
+                    capsize=3, label=ARMS[a][2])
+    ax.set_xlabel("PR angle (deg, bin centre)")
+    ax.set_ylabel("MPJPE (mm)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "error_vs_pr_angle.png", dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (the data stay the same)")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    ap.add_argument("--n-train", type=int, default=3000)
+    ap.add_argument("--n-val", type=int, default=200)
+    ap.add_argument("--n-test", type=int, default=500)
+    ap.add_argument("--data-seed", type=int, default=100)
+    ap.add_argument("--fov-range", type=float, nargs=2, default=(30.0, 120.0))
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--width", type=int, default=8, help="HRNet width of the small model")
+    ap.add_argument("--steps", type=int, default=1500, help="optimizer steps per run")
+    ap.add_argument("--epochs", type=int, default=6, help="the steps are split into this many epochs")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--preset", default="demo", help="trainer preset the arms start from")
+    ap.add_argument("--full", action="store_true", help="the paper preset (W48); pair with --crop 256 --batch 96 on CUDA")
+    args = ap.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "commands.log"
+    t0 = time.time()
+    make_data(args, out, log)
+    paths = {(a, s): train_and_eval(args, out, a, s, log) for s in args.seeds for a in args.arms}
+    preds, n = load_predictions(paths)
+    res = summarize(preds, args.seeds)
+    secs = [json.loads((out / "runs" / f"{a}_seed{s}" / "train.done").read_text())["train_seconds"]
+            for a, s in paths]
+    import torch
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+              else f"CPU only, {torch.get_num_threads()} threads")
+    compute = {"device": device, "train_minutes": float(np.mean(secs)) / 60, "total_minutes": (time.time() - t0) / 60}
+    (out / "results.json").write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
+                                                           for k, v in vars(args).items()},
+                                                  "n_test_common": n, "compute": compute, "arms": res}, indent=1))
+    md = markdown(res, n, args, compute)
+    (out / "ablation.md").write_text(md)
+    plots(res, out)
+    print(md)
+    print(f"wrote {out / 'ablation.md'}, results.json, arms.png, error_vs_pr_angle.png")
+
+
+if __name__ == "__main__":
+    main()
