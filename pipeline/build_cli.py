@@ -22,19 +22,12 @@ def _parse_vars(items) -> dict:
     return out
 
 
-def _recipe_manifests(recipe: Path, variables: dict, out: Path, progress: bool) -> list[Path]:
-    """Run a recipe's adapters into OUT/manifests/<split>/<source>.parquet (a ``manifest`` source is used in
-    place) and return all its manifests; every sample keeps its own dataset and split columns."""
-    from .recipe import load_recipe, recipe_manifests
-    rec = load_recipe(recipe, variables)
-    return [Path(p) for p in recipe_manifests(rec, out / "manifests", progress=progress)]
-
-
 @click.command("shards")
 @click.argument("manifests", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @click.option("--recipe", type=click.Path(path_type=Path), default=None,
-              help="Dataset recipe (YAML): build its manifests, then the shards, then verify them.")
+              help="Dataset recipe (YAML): build its manifests, then one shard set per source (OUT/SPLIT/SOURCE), "
+                   "verify them, and write OUT/recipe.yaml for perspose-train / perspose-eval --recipe.")
 @click.option("--var", "variables", multiple=True, metavar="K=V", help="Recipe variable (repeatable).")
 @click.option("--shard-size", default=1000, show_default=True, help="Samples per shard.")
 @click.option("--crop", "crop_size", default=256, show_default=True, help="Final crop size S (pixels).")
@@ -58,11 +51,11 @@ def shards(manifests, out, recipe, variables, shard_size, crop_size, context, ma
     from .build import MALLOC_ENV, BuildConfig, build_shards
     from .shard import BuildOptions
 
-    if recipe is not None:
-        manifests = tuple(manifests) + tuple(_recipe_manifests(recipe, _parse_vars(variables), out, not no_progress))
-    elif variables:
+    if recipe is not None and manifests:
+        raise InputError("pass MANIFEST paths or --recipe FILE, not both")
+    if recipe is None and variables:
         raise InputError("--var is only used with --recipe")
-    if not manifests:
+    if recipe is None and not manifests:
         raise InputError("no manifest given (pass MANIFEST paths or --recipe FILE)")
     if shard_size < 1 or crop_size < 8 or context < 1.0 or margin < 0 or jobs == 0:
         raise InputError("invalid option: need --shard-size >= 1, --crop >= 8, --context >= 1, --margin >= 0, "
@@ -75,20 +68,53 @@ def shards(manifests, out, recipe, variables, shard_size, crop_size, context, ma
                         max_pr_angle_deg=max_pr_angle, jpeg_quality=jpeg_quality)
     cfg = BuildConfig(shard_size=shard_size, prefix=prefix, opts=opts, jobs=jobs, backend=backend,
                       scheduler=scheduler)
+    if recipe is not None:
+        _build_recipe(recipe, _parse_vars(variables), out, cfg, progress=not no_progress, strict=strict)
+        return
     res = build_shards(list(manifests), out, cfg, progress=not no_progress)
+    _finish(res, out, strict)
+
+
+def _finish(res, out: Path, strict: bool) -> None:
     if res.reused:
         click.echo(f"reused {res.reused} shards")
     _print_summary(res)
-    if recipe is not None:
-        from .verify import verify_dir
-        report = verify_dir(out, progress=not no_progress)
+    if strict and res.rejected:
+        click.echo(f"--strict: {len(res.rejected)} samples rejected (see {out / 'rejected.parquet'})", err=True)
+        raise SystemExit(1)
+
+
+def _build_recipe(recipe: Path, variables: dict, out: Path, cfg, progress: bool, strict: bool) -> None:
+    """Manifests into OUT/manifests/SPLIT/SOURCE.parquet, shards into OUT/SPLIT/SOURCE/ (one shard set per source,
+    so the trainer mixes sources by ratio without filtering), verify each, then OUT/recipe.yaml."""
+    import yaml
+
+    from .build import build_shards
+    from .fsutil import atomic_write_text
+    from .recipe import load_recipe, recipe_source_manifests, training_recipe
+    from .verify import verify_dir
+
+    rec = load_recipe(recipe, variables)
+    built, rejected = [], 0
+    for source, manifest in recipe_source_manifests(rec, out / "manifests", progress=progress):
+        shard_dir = out / source.target / source.name
+        res = build_shards([manifest], shard_dir, cfg, progress=progress)
+        _finish(res, shard_dir, strict=False)
+        report = verify_dir(shard_dir, progress=progress)
         if report.failures:
             for f in report.failures[:20]:
                 click.echo(f"FAIL {f}", err=True)
             raise SystemExit(1)
-        click.echo(f"verified {report.samples} samples in {report.shards} shards")
-    if strict and res.rejected:
-        click.echo(f"--strict: {len(res.rejected)} samples rejected (see {out / 'rejected.parquet'})", err=True)
+        click.echo(f"verified {report.samples} samples in {report.shards} shards ({shard_dir})")
+        built.append((source, shard_dir))
+        rejected += len(res.rejected)
+    doc = training_recipe(rec, built, out)
+    header = (f"# Written by perspose-build shards --recipe {recipe}: the shard sets of recipe '{rec.name}'.\n"
+              f"# perspose-train --recipe {out / 'recipe.yaml'}  /  perspose-eval --recipe {out / 'recipe.yaml'}\n")
+    atomic_write_text(out / "recipe.yaml", header + yaml.safe_dump(doc, sort_keys=False))
+    click.echo(f"wrote {out / 'recipe.yaml'}")
+    if strict and rejected:
+        click.echo(f"--strict: {rejected} samples rejected (see OUT/SPLIT/SOURCE/rejected.parquet)", err=True)
         raise SystemExit(1)
 
 

@@ -33,7 +33,8 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Source", "Recipe", "load_recipe", "recipe_manifests", "recipe_manifests_by_split", "PASS_THROUGH"]
+__all__ = ["Source", "Recipe", "load_recipe", "recipe_source_manifests", "recipe_manifests", "recipe_manifests_by_split",
+           "training_recipe", "PASS_THROUGH"]
 
 PASS_THROUGH = "manifest"
 _TOP_KEYS = {"name", "description", "vars", "splits"}
@@ -158,25 +159,24 @@ def load_recipe(path, variables: Mapping[str, str] | None = None) -> Recipe:
                   description=str(raw.get("description") or ""))
 
 
-def recipe_manifests_by_split(recipe: Recipe, out_dir, check_images: bool = True,
-                              progress: bool = True) -> dict[str, list[Path]]:
+def recipe_source_manifests(recipe: Recipe, out_dir, check_images: bool = True,
+                            progress: bool = True) -> list[tuple[Source, Path]]:
     """Run every source's adapter into ``out_dir/<split>/<source>.parquet`` (validated, atomic, with a summary
-    table) and return the manifest paths per recipe split. Sources with ratio 0 are skipped. A ``manifest``
+    table) and return (source, manifest path) in recipe order. Sources with ratio 0 are skipped. A ``manifest``
     source is used in place (its file is checked, not copied)."""
     from .adapters.registry import output_metadata, run_adapter
     from .manifest import read_manifest
     from .manifest_cli import finish_manifest
     out_dir = Path(out_dir)
-    result: dict[str, list[Path]] = {}
+    result: list[tuple[Source, Path]] = []
     for split, srcs in recipe.splits.items():
-        paths = []
         for s in srcs:
             if s.ratio == 0:
                 log.info("recipe %s: skipping %s (ratio 0)", recipe.name, s.name)
                 continue
             if s.adapter == PASS_THROUGH:
                 read_manifest(s.root)  # fails with InputError naming the file
-                paths.append(s.root)
+                result.append((s, s.root))
                 continue
             opts = {"progress": progress, **s.options}
             res = run_adapter(s.adapter, s.root, s.split, **opts)
@@ -184,12 +184,38 @@ def recipe_manifests_by_split(recipe: Recipe, out_dir, check_images: bool = True
             meta = output_metadata(res, {"split": s.split, **s.options})
             meta["recipe"] = {"name": recipe.name, "source": s.name, "ratio": s.ratio, "split": split}
             finish_manifest(res.rows, res.rejected, out, meta, res.image_root, check_images)
-            paths.append(out)
-        result[split] = paths
+            result.append((s, out))
     return result
 
 
+def recipe_manifests_by_split(recipe: Recipe, out_dir, check_images: bool = True,
+                              progress: bool = True) -> dict[str, list[Path]]:
+    """The manifest paths of :func:`recipe_source_manifests`, per recipe split."""
+    result: dict[str, list[Path]] = {split: [] for split in recipe.splits}
+    for s, path in recipe_source_manifests(recipe, out_dir, check_images, progress):
+        result[s.target].append(path)
+    return {k: v for k, v in result.items() if v}
+
+
 def recipe_manifests(recipe: Recipe, out_dir, check_images: bool = True, progress: bool = True) -> list[Path]:
-    """All manifest paths of a recipe, split by split in recipe order (see :func:`recipe_manifests_by_split`)."""
-    by_split = recipe_manifests_by_split(recipe, out_dir, check_images, progress)
-    return [p for paths in by_split.values() for p in paths]
+    """All manifest paths of a recipe, split by split in recipe order (see :func:`recipe_source_manifests`)."""
+    return [p for _, p in recipe_source_manifests(recipe, out_dir, check_images, progress)]
+
+
+def training_recipe(recipe: Recipe, shard_dirs: list[tuple[Source, Path]], base: Path) -> dict:
+    """The recipe ``perspose-train --recipe`` and ``perspose-eval --recipe`` read (trainer.config.read_recipe's
+    shape), for shards built one directory per source: ``train`` (sources with their mix ratios), ``val`` and
+    ``test`` (other recipe splits have no role in training or evaluation and are left out). Paths are relative to
+    ``base``, the directory the recipe file is written to, so the shard tree can be moved as a whole."""
+    doc: dict = {}
+    for s, d in shard_dirs:
+        rel = str(Path(d).relative_to(base))
+        if s.target == "train":
+            doc.setdefault("train", []).append({"name": s.name, "shards": rel,
+                                                "ratio": 1.0 if s.ratio is None else s.ratio})
+        elif s.target in ("val", "test"):
+            doc.setdefault(s.target, []).append({"name": s.name, "shards": rel})
+        else:
+            log.info("recipe %s: split %r is not train, val or test; not listed in the training recipe",
+                     recipe.name, s.target)
+    return doc

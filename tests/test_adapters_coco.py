@@ -75,13 +75,19 @@ def test_coco_wrong_layout(tmp_path):
     assert res.exit_code == 2 and "person_keypoints_val2017.json" in res.output
 
 
+def link_real_coco(src, root):
+    """Lay the real fixture (``src`` = fixtures/real/coco) out as a COCO root with split ``val`` (symlinks)."""
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "person_keypoints_val2017.json").symlink_to(src / "test_coco.json")
+    (root / "val2017").mkdir()
+    for p in src.glob("*.jpg"):
+        (root / "val2017" / p.name).symlink_to(p)
+    return root
+
+
 def test_coco_real_fixture(fixtures_dir, tmp_path):
     src = fixtures_dir / "coco"
-    (tmp_path / "annotations").mkdir()
-    (tmp_path / "annotations" / "person_keypoints_val2017.json").symlink_to(src / "test_coco.json")
-    (tmp_path / "val2017").mkdir()
-    for p in src.glob("*.jpg"):
-        (tmp_path / "val2017" / p.name).symlink_to(p)
+    link_real_coco(src, tmp_path)
     data = json.loads((src / "test_coco.json").read_text())
     out = read_coco(tmp_path, "val", progress=False)
     # 14 annotations, the 2 without any keypoint fail the limb filter

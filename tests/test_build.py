@@ -221,9 +221,23 @@ def test_cli_recipe_builds_then_verifies(tmp_path):
     r = runner.invoke(main, ["shards", "--recipe", str(recipe), "--var", f"D={tmp_path / 'd'}", "--out", str(out),
                              "--jobs", "1", "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert "verified 5 samples in 1 shards" in r.output
-    splits = pq.read_table(out / "index.parquet").column("split").to_pylist()
-    assert sorted(splits) == ["test", "test", "train", "train", "train"]
+    assert "verified 3 samples in 1 shards" in r.output and "verified 2 samples in 1 shards" in r.output
+    # one shard set per source, each keeping its split
+    assert pq.read_table(out / "train" / "a" / "index.parquet").column("split").to_pylist() == ["train"] * 3
+    assert pq.read_table(out / "test" / "b" / "index.parquet").column("split").to_pylist() == ["test"] * 2
+    # the written recipe is what perspose-train and perspose-eval read: train with ratios, test for evaluation
+    from trainer.config import read_recipe
+    from trainer.eval_cli import recipe_shards
+    data = read_recipe(out / "recipe.yaml")
+    assert data["train"] == [{"name": "a", "paths": [str((out / "train" / "a").resolve())], "ratio": 1.0}]
+    assert "val" not in data
+    assert recipe_shards(out / "recipe.yaml") == [out / "test" / "b"]
+    r = runner.invoke(main, ["shards", "--recipe", str(recipe), "--var", f"D={tmp_path / 'd'}", "--out", str(out),
+                             "--jobs", "1", "--no-progress"])
+    assert r.exit_code == 0 and r.output.count("reused 1 shards") == 2, r.output
+    r = runner.invoke(main, ["shards", str(tmp_path / "d" / "train.parquet"), "--recipe", str(recipe), "--out",
+                             str(out), "--no-progress"])
+    assert r.exit_code == 2 and "not both" in r.output
     r = runner.invoke(main, ["shards", "--recipe", str(recipe), "--out", str(out), "--no-progress"])
     assert r.exit_code == 2  # ${D} unresolved: a one-line error
 

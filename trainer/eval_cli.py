@@ -41,8 +41,9 @@ class _EvalCommand(click.Command):
 
 def recipe_shards(path: Path) -> list[Path]:
     """Evaluation shards of a recipe YAML: its ``test`` section if present, else its ``val`` section; entries are
-    paths or ``{name, paths}`` mappings (the training recipe's shape). Relative paths are relative to the current
-    directory, as in trainer recipes. The ``train`` section is ignored."""
+    paths or ``{name, paths}`` / ``{name, shards}`` mappings (the training recipe's shape, e.g. the ``recipe.yaml``
+    that ``perspose-build shards --recipe`` writes). Relative paths are relative to the recipe file, as in
+    trainer recipes. The ``train`` section is ignored."""
     from .configtools import read_yaml
 
     doc = read_yaml(path)
@@ -54,7 +55,7 @@ def recipe_shards(path: Path) -> list[Path]:
         ps = e.get("paths", e.get("shards")) if isinstance(e, dict) else e
         if not ps:
             raise InputError(f"{path}: an evaluation entry has no paths: {e!r}")
-        out += [Path(p) for p in ([ps] if isinstance(ps, str) else ps)]
+        out += [Path(p) if "://" in p else path.parent / p for p in ([ps] if isinstance(ps, str) else ps)]
     return out
 
 
