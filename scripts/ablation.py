@@ -15,7 +15,7 @@ One command runs it end to end, with the toolkit's own console scripts, and resu
 
 Defaults are sized for ~10 minutes per arm and seed on 2 CPU cores (tiny HRNet, 64 px crops); ``--full`` is the
 paper's model (W48, 256 px) for a CUDA machine. Usage:
-    .venv/bin/python scripts/ablation.py --out runs/ablation [--seeds 0 1] [--steps 1500] [--full]
+    .venv/bin/python scripts/ablation.py --out runs/ablation [--seeds 0 1] [--steps 2000] [--full]
 """
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--fov-range", type=float, nargs=2, default=(30.0, 120.0))
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--width", type=int, default=8, help="HRNet width of the small model")
-    ap.add_argument("--steps", type=int, default=1500, help="optimizer steps per run")
+    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps per run")
     ap.add_argument("--epochs", type=int, default=6, help="the steps are split into this many epochs")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--preset", default="demo", help="trainer preset the arms start from")

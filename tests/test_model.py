@@ -158,6 +158,20 @@ def test_pe_init_std():
     assert abs(big.pe_conv.weight.std().item() - 0.01) < 0.002
 
 
+def test_backbone_init_switch():
+    """'hrnet': every backbone conv N(0, 0.001), as the reference; 'torch': PyTorch's Kaiming-uniform default,
+    whose std for a 3x3 conv with fan_in n is 1/sqrt(3 n) (gain sqrt(5) -> bound 1/sqrt(n))."""
+    torch.manual_seed(0)
+    ref = build_model(ModelConfig.tiny(crop_size=S, stem_channels=64)).backbone.conv2.weight  # 64x64x3x3
+    torch.manual_seed(0)
+    default = build_model(ModelConfig.tiny(crop_size=S, stem_channels=64, backbone_init="torch")).backbone.conv2.weight
+    assert abs(ref.std().item() - 0.001) < 1e-4
+    expected = 1.0 / math.sqrt(3 * 64 * 9)
+    assert abs(default.std().item() - expected) < 0.05 * expected
+    with pytest.raises(ValueError, match="backbone_init"):
+        ModelConfig.tiny(backbone_init="xavier")
+
+
 def test_changing_K_changes_the_prediction_only_with_pe():
     imgs = _images(1)
     K_a, K_b = _K(1, f=80.0), _K(1, f=40.0)
