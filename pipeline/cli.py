@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 
 import click
 
-from .errors import InputError
+from .errors import invoke_reporting_input_errors
 
 # name -> "module:attribute"; each module defines one click command or group
 _COMMANDS = {
@@ -45,11 +44,7 @@ class LazyGroup(click.Group):
             raise
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except InputError as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(2)
+        return invoke_reporting_input_errors(super().invoke, ctx)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -64,7 +64,8 @@ def read_samples(out_dir: Path, picked: list[dict]) -> list[dict]:
 
 
 def draw_sample(sample: dict, tile: int) -> np.ndarray:
-    """The stored crop resized to tile² with bones (skeleton.edges) and joints drawn; vis = 0 joints dimmer."""
+    """The stored crop resized to tile² with bones (skeleton.edges) and joints drawn; vis = 0 joints dimmer (3D
+    samples) or not drawn (2D-only samples, where vis = 0 means unlabelled)."""
     img = cv2.resize(sample["image"], (tile, tile), interpolation=cv2.INTER_AREA)
     a, m = sample["arrays"], sample["meta"]
     sk = SKELETONS.get(m.get("skeleton"))
@@ -75,6 +76,9 @@ def draw_sample(sample: dict, tile: int) -> np.ndarray:
     has_uv = m.get("has_3d") or np.any(a["uvd"][:, :2] != 0)
     if not has_uv:
         return img
+    # a 2D-only sample's vis = 0 joint is unlabelled: its stored uv is no location (COCO writes (0, 0) for it),
+    # so it is not drawn; with 3D labels every joint has its exact place and vis = 0 ones are drawn dimmer
+    known = np.ones(sk.num_joints, bool) if m.get("has_3d") else vis > 0
     shift = 4  # sub-pixel drawing
 
     def pt(i):
@@ -85,8 +89,9 @@ def draw_sample(sample: dict, tile: int) -> np.ndarray:
         return tuple(int(v) for v in (c * 0.35 if dim else c))
 
     for p, c in sk.edges:
-        cv2.line(img, pt(p), pt(c), colour(c, vis[p] == 0 or vis[c] == 0), 2, cv2.LINE_AA, shift)
-    for i in range(sk.num_joints):
+        if known[p] and known[c]:
+            cv2.line(img, pt(p), pt(c), colour(c, vis[p] == 0 or vis[c] == 0), 2, cv2.LINE_AA, shift)
+    for i in np.flatnonzero(known):
         cv2.circle(img, pt(i), 3 << shift, colour(i, vis[i] == 0), -1, cv2.LINE_AA, shift)
     return img
 

@@ -80,7 +80,6 @@ def on_the_fly_record(jpg: bytes, row: dict, sample: dict, crop: int, aug: Augme
     """The official route: full-frame decode, then ONE warp original -> S crop (PR, zoom, roll composed), same
     photometric chain, labels, flip. ``sample`` holds the precomputed PR crop geometry of this row."""
     img = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR_RGB)
-    K = np.asarray(row["K"], np.float64).reshape(3, 3)
     a = sample["arrays"]
     K_store, R = a["K_crop"], a["R"]
     params, do_aug = sample_geometric(aug, rng, float(K_store[0, 0]))

@@ -15,7 +15,7 @@ from pipeline.build import BuildConfig, build_shards
 from pipeline.cli import main
 from pipeline.fsutil import sha256_file
 from pipeline.shard import iter_tar, npz_bytes, write_tar
-from pipeline.show import pick_samples, read_samples, sheet_size
+from pipeline.show import draw_sample, pick_samples, read_samples, sheet_size
 from pipeline.verify import verify_dir
 
 
@@ -117,3 +117,24 @@ def test_show_split_filter_and_random_access(built, tmp_path):
     assert all(s["image"].shape == (320, 320, 3) for s in got)
     r = CliRunner().invoke(main, ["show", str(built), "--split", "nope", "--out", str(tmp_path / "x.png")])
     assert r.exit_code == 2 and "nope" in r.output
+
+
+def _coco_like_sample(has_3d: bool) -> dict:
+    """A 64 px crop with coco17 joints on a vertical line at u = 40, the nose unlabelled (vis 0) at (5, 5)."""
+    uvd = np.zeros((17, 3), np.float32)
+    uvd[:, 0], uvd[:, 1] = 40.0, np.linspace(20, 50, 17)
+    uvd[0, :2] = 5.0  # a COCO v = 0 keypoint is stored at (0, 0) of the image: somewhere meaningless in the crop
+    vis = np.ones(17, np.uint8)
+    vis[0] = 0
+    return {"image": np.zeros((64, 64, 3), np.uint8), "arrays": {"uvd": uvd, "vis": vis},
+            "meta": {"skeleton": "coco17", "has_3d": has_3d}}
+
+
+def test_show_does_not_draw_unlabelled_2d_joints():
+    tile = draw_sample(_coco_like_sample(has_3d=False), 64)
+    assert tile[:, 36:45].max() > 0                       # the labelled joints and their bones are drawn
+    assert tile[:12, :12].max() == 0                      # no disc at the unlabelled nose
+    assert tile[:, 12:34].max() == 0                      # and no bone from it to the eyes / shoulders
+    # with 3D labels a vis = 0 joint has its exact place: it is drawn (dimmer)
+    tile3 = draw_sample(_coco_like_sample(has_3d=True), 64)
+    assert tile3[3:8, 3:8].max() > 0 and tile3[:, 12:34].max() > 0

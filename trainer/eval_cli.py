@@ -19,24 +19,14 @@ import logging
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, InputErrorCommand
 
 log = logging.getLogger(__name__)
-
-
-class _EvalCommand(click.Command):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except InputError as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(2)
 
 
 def recipe_shards(path: Path) -> list[Path]:
@@ -135,7 +125,7 @@ def _init_distributed(device: str):
     return True
 
 
-@click.command(cls=_EvalCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=InputErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path), help="Checkpoint (.pt).")
 @click.option("--shards", "shard_paths", multiple=True, type=click.Path(path_type=Path),
               help="Shard directory or .tar file (repeatable).")

@@ -13,23 +13,13 @@ A user error (bad path, bad key, incompatible shards) prints one line and exits 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, InputErrorCommand
 
 log = logging.getLogger(__name__)
-
-
-class _TrainCommand(click.Command):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except InputError as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(2)
 
 
 def _abs(paths) -> list[str]:
@@ -68,7 +58,7 @@ def resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_d
     return cfg
 
 
-@click.command(cls=_TrainCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=InputErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", default=None, help="YAML config file or preset name (paper, demo).")
 @click.option("--recipe", type=click.Path(path_type=Path), default=None,
               help="Dataset recipe YAML (train sources with mix ratios, val shards).")
