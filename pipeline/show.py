@@ -116,7 +116,7 @@ def contact_sheet(samples: list[dict], tile: int = 256) -> np.ndarray:
         max_chars = max(4, tile // 7)
         if len(key) > max_chars:
             key = "..." + key[-(max_chars - 3):]
-        line2 = f"{s['meta'].get('dataset', '?')}  PR {math.degrees(float(s['arrays']['pr_angle'])):.1f} deg"
+        line2 = f"{s['meta'].get('dataset', '?')}  {_angle_caption(s)}"
         for j, text in enumerate((key, line2)):
             cv2.putText(sheet, text, (x + 3, y + tile + 13 + 15 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
                         (235, 235, 235), 1, cv2.LINE_AA)
@@ -129,6 +129,17 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
         raise InputError(f"{path}: PNG encoding failed")
     with atomic_path(path, ".png") as tmp:
         Path(tmp).write_bytes(buf.tobytes())
+
+
+def _angle_caption(s: dict) -> str:
+    """'PR 12.3 deg' for a rotated crop; 'no PR (12.3 deg)' when R = I (the --no-pr ablation); '2D only' for a
+    sample without intrinsics, whose angle comes from a stand-in camera and means nothing."""
+    if not s["meta"].get("has_intrinsics", True):
+        return "2D only, no PR"
+    phi = math.degrees(float(s["arrays"]["pr_angle"]))
+    if phi > 1e-6 and np.allclose(s["arrays"]["R"], np.eye(3)):
+        return f"no PR ({phi:.1f} deg)"
+    return f"PR {phi:.1f} deg"
 
 
 def pr_angle_histogram(index: list[dict], path: Path, bins: int = 36) -> None:

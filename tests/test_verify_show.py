@@ -138,3 +138,12 @@ def test_show_does_not_draw_unlabelled_2d_joints():
     # with 3D labels a vis = 0 joint has its exact place: it is drawn (dimmer)
     tile3 = draw_sample(_coco_like_sample(has_3d=True), 64)
     assert tile3[3:8, 3:8].max() > 0 and tile3[:, 12:34].max() > 0
+
+
+def test_caption_says_whether_the_crop_was_rotated():
+    from pipeline.show import _angle_caption
+    phi = np.radians(12.3)
+    rot = {"pr_angle": phi, "R": np.array([[1.0, 0, 0], [0, np.cos(phi), -np.sin(phi)], [0, np.sin(phi), np.cos(phi)]])}
+    assert _angle_caption({"meta": {"has_intrinsics": True}, "arrays": rot}) == "PR 12.3 deg"
+    assert _angle_caption({"meta": {"has_intrinsics": True}, "arrays": {**rot, "R": np.eye(3)}}) == "no PR (12.3 deg)"
+    assert _angle_caption({"meta": {"has_intrinsics": False}, "arrays": rot}) == "2D only, no PR"
