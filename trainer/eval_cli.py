@@ -8,8 +8,9 @@ Writes REPORT_DIR/report.json, report.md, predictions.parquet, per_joint_error.p
 prints the per-dataset table. Under ``torchrun`` each rank evaluates its share and rank 0 writes the report.
 A user error (missing file, a checkpoint that does not fit the shards) prints one line and exits with code 2.
 
-``--recipe`` is a dataset recipe YAML (trainer.config.read_recipe's shape); its ``test`` section (else ``val``)
-lists the shards: ``test: [{name: 3dpw, paths: [DIR, ...]}, ...]`` or plain paths.
+``--recipe`` is a dataset recipe YAML (trainer.config.read_recipe's shape, e.g. the ``recipe.yaml`` written by
+``perspose-build shards --recipe``); its ``test`` section (else ``val``) lists the shards:
+``test: [{name: 3dpw, shards: DIR}, ...]`` or plain paths, relative to the recipe file.
 """
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
 """``perspose-train``: train PersPose on shards.
 
-    perspose-train --config trainer/configs/paper.yaml --recipe manifests/mix.yaml --out runs/w48 [--set k=v ...]
-    perspose-train --config demo --train demo_out/shards_train --val demo_out/shards_val --out runs/demo
+    perspose-train --config paper --recipe shards/3dpw/recipe.yaml --out runs/w48 [--set k=v ...]
+    perspose-train --config demo --train demo_out/shards/train --val demo_out/shards/val --out runs/demo
     perspose-train --out runs/w48 --resume                  # continue exactly where RUN/last.pt stopped
     torchrun --nproc_per_node=8 -m trainer.train_cli ...    # DDP (also multi-node: --nnodes, --rdzv-endpoint)
 
 ``--config`` is a YAML file or a packaged preset name (paper, demo). ``--train`` / ``--val`` take shard
-directories, .tar files or globs and may be repeated. ``--set a.b=v`` overrides one config value (type-checked).
+directories, .tar files or globs and may be repeated. ``--recipe`` takes the ``recipe.yaml`` that
+``perspose-build shards --recipe`` writes (sources with mix ratios, val shards). ``--set a.b=v`` overrides one config value (type-checked).
 Writes RUN/config.yaml (the resolved config), RUN/last.pt, RUN/best.pt, RUN/metrics.csv, RUN/loss_curve.png.
 A user error (bad path, bad key, incompatible shards) prints one line and exits with code 2.
 """
