@@ -104,6 +104,18 @@ def load_predictions(paths: dict) -> dict:
     return {k: {r["sample_id"]: r for r in t if r["sample_id"] in common} for k, t in tables.items()}, len(common)
 
 
+def reference_errors(path: Path, ids: set) -> dict:
+    """What a model that learned nothing from the image scores on the same samples: the test set's mean
+    root-relative pose (an oracle constant, in the original camera) for MPJPE / PA-MPJPE, and relative depth 0
+    for the depth error. Arms near these numbers have not yet learned much from the pixels."""
+    from trainer.metrics import pa_mpjpe
+    rows = [r for r in pq.read_table(path, columns=["sample_id", "gt_rel"]).to_pylist() if r["sample_id"] in ids]
+    gt = np.array([np.asarray(r["gt_rel"], np.float64).reshape(-1, 3) for r in rows]) * 1000.0
+    mean = np.broadcast_to(gt.mean(axis=0), gt.shape)
+    return {"mpjpe_mm": float(np.linalg.norm(mean - gt, axis=-1).mean()),
+            "pa_mpjpe_mm": float(pa_mpjpe(mean, gt).mean()), "depth_err_mm": float(np.abs(gt[..., 2]).mean())}
+
+
 def summarize(preds: dict, seeds: list[int], bin_deg: float = 10.0) -> dict:
     res = {}
     for arm in ARMS:
@@ -126,7 +138,7 @@ def summarize(preds: dict, seeds: list[int], bin_deg: float = 10.0) -> dict:
     return res
 
 
-def markdown(res: dict, n: int, args, compute: dict) -> str:
+def markdown(res: dict, n: int, args, compute: dict, ref: dict) -> str:
     lines = [f"Synthetic perspective benchmark: {n} test samples common to every run, seeds {args.seeds}, "
              f"{'W48' if args.full else f'width {args.width}'}, {args.crop} px crops, {args.steps} steps of batch "
              f"{args.batch}. Errors in mm, mean ± std over seeds (std over seeds, population).", "",
@@ -136,6 +148,8 @@ def markdown(res: dict, n: int, args, compute: dict) -> str:
         p = PAPER[arm]
         cells = [f"{r['mean'][m]:.1f} ± {r['std'][m]:.1f}" for m, _ in METRICS]
         lines.append(f"| {ARMS[arm][2]} | " + " | ".join(cells) + f" | {p[0]} / {p[2]} |")
+    lines.append("| *reference: test-set mean pose, zero relative depth* | "
+                 + " | ".join(f"{ref[m]:.1f}" for m, _ in METRICS) + " | |")
     lines += ["", "MPJPE (mm) per PR-angle bin (angle between the optical axis and the ray to the box centre):", "",
               "| PR angle (deg) | N | " + " | ".join(ARMS[a][2] for a in res) + " |",
               "|---|---|" + "---|" * len(res)]
@@ -205,6 +219,7 @@ def main() -> None:
     paths = {(a, s): train_and_eval(args, out, a, s, log) for s in args.seeds for a in args.arms}
     preds, n = load_predictions(paths)
     res = summarize(preds, args.seeds)
+    ref = reference_errors(next(iter(paths.values())), set(next(iter(preds.values()))))
     secs = [json.loads((out / "runs" / f"{a}_seed{s}" / "train.done").read_text())["train_seconds"]
             for a, s in paths]
     import torch
@@ -213,8 +228,9 @@ def main() -> None:
     compute = {"device": device, "train_minutes": float(np.mean(secs)) / 60, "total_minutes": (time.time() - t0) / 60}
     (out / "results.json").write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
                                                            for k, v in vars(args).items()},
-                                                  "n_test_common": n, "compute": compute, "arms": res}, indent=1))
-    md = markdown(res, n, args, compute)
+                                                  "n_test_common": n, "compute": compute, "arms": res,
+                                                  "reference": ref}, indent=1))
+    md = markdown(res, n, args, compute, ref)
     (out / "ablation.md").write_text(md)
     plots(res, out)
     print(md)
