@@ -34,6 +34,7 @@ ARMS = {  # name: (shard variant, PE on, label)
     "pe": ("nopr", True, "PE"),
     "pe_pr": ("pr", True, "PE + PR"),
 }
+COLORS = {"baseline": "#999999", "pe": "#4c78a8", "pe_pr": "#f58518"}  # the same arm, the same colour, in every plot
 METRICS = (("depth_err_mm", "depth err"), ("pa_mpjpe_mm", "PA-MPJPE"), ("mpjpe_mm", "MPJPE"))
 PAPER = {"baseline": (57.3, None, 80.1), "pe": (53.7, None, 76.6), "pe_pr": (51.0, None, 71.9)}  # Table 2, 3DHP
 
@@ -158,7 +159,7 @@ def markdown(res: dict, n: int, args, compute: dict, ref: dict) -> str:
         cells = [f"{res[a]['pr_bins'][b]['mpjpe_mean']:.1f} ± {res[a]['pr_bins'][b]['mpjpe_std']:.1f}" for a in res]
         lines.append(f"| {b} | {info['n']} | " + " | ".join(cells) + " |")
     lines += ["", f"Compute: {compute['device']}; training {compute['train_minutes']:.1f} min per run on average "
-              f"({compute['total_minutes']:.0f} min in all, data building included)."]
+              f"({compute['total_minutes']:.0f} min wall time over all invocations of the script)."]
     return "\n".join(lines) + "\n"
 
 
@@ -171,7 +172,7 @@ def plots(res: dict, out: Path) -> None:
         ax = fig.add_subplot(1, len(METRICS), k + 1)
         names = [ARMS[a][2] for a in res]
         ax.bar(names, [res[a]["mean"][m] for a in res], yerr=[res[a]["std"][m] for a in res], capsize=4,
-               color=["#999999", "#4c78a8", "#f58518"][:len(res)])
+               color=[COLORS[a] for a in res])
         ax.set_title(f"{title} (mm)")
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
@@ -183,7 +184,7 @@ def plots(res: dict, out: Path) -> None:
         bins = sorted(r["pr_bins"].values(), key=lambda b: b["lo"])
         x = [b["lo"] + 5 for b in bins]
         ax.errorbar(x, [b["mpjpe_mean"] for b in bins], yerr=[b["mpjpe_std"] for b in bins], marker="o",
-                    capsize=3, label=ARMS[a][2])
+                    capsize=3, label=ARMS[a][2], color=COLORS[a])
     ax.set_xlabel("PR angle (deg, bin centre)")
     ax.set_ylabel("MPJPE (mm)")
     ax.legend()
@@ -225,7 +226,11 @@ def main() -> None:
     import torch
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else f"CPU only, {torch.get_num_threads()} threads")
-    compute = {"device": device, "train_minutes": float(np.mean(secs)) / 60, "total_minutes": (time.time() - t0) / 60}
+    # wall time accumulates over invocations, so a resumed or re-summarised run still reports what it cost
+    elapsed_file = out / "elapsed.json"
+    elapsed = (json.loads(elapsed_file.read_text())["seconds"] if elapsed_file.is_file() else 0.0) + time.time() - t0
+    elapsed_file.write_text(json.dumps({"seconds": elapsed}))
+    compute = {"device": device, "train_minutes": float(np.mean(secs)) / 60, "total_minutes": elapsed / 60}
     (out / "results.json").write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
                                                            for k, v in vars(args).items()},
                                                   "n_test_common": n, "compute": compute, "arms": res,
