@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: set up .venv, synthesise a small perspective dataset, build verified shards,
 # train the `demo` preset (tiny HRNet + PE, 64 px crops) on the CPU, evaluate it on the held-out test split in the
-# original camera frame, and print the metrics table. About 10 minutes on 2 CPU cores.
+# original camera frame, and print the metrics table. About 3 minutes on 2 CPU cores.
 #   bash scripts/demo.sh [OUT_DIR]        (default demo_out/; it is recreated on every run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
