@@ -13,7 +13,8 @@ __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "sha256_fil
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = ""):
     """Yield a temporary path in the destination directory; on success fsync it and ``os.replace`` it onto
-    ``path``; on failure remove it."""
+    ``path``; on failure remove it. The result gets the permissions a plain ``open(path, "w")`` would give
+    (0o666 less the umask), not mkstemp's owner-only 0o600, so shards and reports stay readable by a team."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
@@ -22,11 +23,18 @@ def atomic_path(path, suffix: str = ""):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it; restored at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline.fsutil import atomic_path, atomic_write_text
+
 ARMS = {  # name: (shard variant, PE on, label)
     "baseline": ("nopr", False, "no PE, no PR"),
     "pe": ("nopr", True, "PE"),
@@ -89,7 +91,7 @@ def train_and_eval(args, out: Path, arm: str, seed: int, log: Path) -> Path:
             cmd += ["--train", str(out / "shards" / variant / "train"), "--val", str(out / "shards" / variant / "val")]
         t0 = time.time()
         run(cmd + sum((["--set", s] for s in sets), []), log)
-        done.write_text(json.dumps({"train_seconds": time.time() - t0}))
+        atomic_write_text(done, json.dumps({"train_seconds": time.time() - t0}))
     ev = run_dir / "eval"
     if not (ev / "predictions.parquet").is_file():
         run([bin_path("perspose-eval"), "--ckpt", str(run_dir / "best.pt"), "--shards",
@@ -163,6 +165,11 @@ def markdown(res: dict, n: int, args, compute: dict, ref: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig, path: Path) -> None:
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
 def plots(res: dict, out: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -176,7 +183,7 @@ def plots(res: dict, out: Path) -> None:
         ax.set_title(f"{title} (mm)")
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    fig.savefig(out / "arms.png", dpi=110)
+    _save(fig, out / "arms.png")
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -190,7 +197,7 @@ def plots(res: dict, out: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "error_vs_pr_angle.png", dpi=110)
+    _save(fig, out / "error_vs_pr_angle.png")
 
 
 def main() -> None:
@@ -229,14 +236,14 @@ def main() -> None:
     # wall time accumulates over invocations, so a resumed or re-summarised run still reports what it cost
     elapsed_file = out / "elapsed.json"
     elapsed = (json.loads(elapsed_file.read_text())["seconds"] if elapsed_file.is_file() else 0.0) + time.time() - t0
-    elapsed_file.write_text(json.dumps({"seconds": elapsed}))
+    atomic_write_text(elapsed_file, json.dumps({"seconds": elapsed}))
     compute = {"device": device, "train_minutes": float(np.mean(secs)) / 60, "total_minutes": elapsed / 60}
-    (out / "results.json").write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
+    atomic_write_text(out / "results.json", json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
                                                            for k, v in vars(args).items()},
                                                   "n_test_common": n, "compute": compute, "arms": res,
                                                   "reference": ref}, indent=1))
     md = markdown(res, n, args, compute, ref)
-    (out / "ablation.md").write_text(md)
+    atomic_write_text(out / "ablation.md", md)
     plots(res, out)
     print(md)
     print(f"wrote {out / 'ablation.md'}, results.json, arms.png, error_vs_pr_angle.png")

@@ -177,3 +177,19 @@ def test_rejections_from_process_row():
         process_row(row, cv2.resize(img, (160, 120)), BuildOptions())
     with pytest.raises(Rejected, match="PR angle"):
         process_row(row, img, BuildOptions(max_pr_angle_deg=1.0))
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """mkstemp's 0o600 must not leak into outputs: a team reading shared shards needs the umask's mode."""
+    import os
+
+    from pipeline.fsutil import atomic_write_text
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        write_tar(tmp_path / "s.tar", [])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "s.tar").stat().st_mode & 0o777 == 0o640
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
