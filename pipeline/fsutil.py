@@ -32,7 +32,16 @@ def atomic_path(path, suffix: str = ""):
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # the only portable way to read it is to set it; restored at once
+    """The process umask, read from /proc where possible: setting it to read it (the portable way) would race with
+    files other threads create meanwhile (``--backend threading``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -33,8 +33,7 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Source", "Recipe", "load_recipe", "recipe_source_manifests", "recipe_manifests", "recipe_manifests_by_split",
-           "training_recipe", "PASS_THROUGH"]
+__all__ = ["Source", "Recipe", "load_recipe", "recipe_source_manifests", "training_recipe", "PASS_THROUGH"]
 
 PASS_THROUGH = "manifest"
 _TOP_KEYS = {"name", "description", "vars", "splits"}
@@ -186,20 +185,6 @@ def recipe_source_manifests(recipe: Recipe, out_dir, check_images: bool = True,
             finish_manifest(res.rows, res.rejected, out, meta, res.image_root, check_images)
             result.append((s, out))
     return result
-
-
-def recipe_manifests_by_split(recipe: Recipe, out_dir, check_images: bool = True,
-                              progress: bool = True) -> dict[str, list[Path]]:
-    """The manifest paths of :func:`recipe_source_manifests`, per recipe split."""
-    result: dict[str, list[Path]] = {split: [] for split in recipe.splits}
-    for s, path in recipe_source_manifests(recipe, out_dir, check_images, progress):
-        result[s.target].append(path)
-    return {k: v for k, v in result.items() if v}
-
-
-def recipe_manifests(recipe: Recipe, out_dir, check_images: bool = True, progress: bool = True) -> list[Path]:
-    """All manifest paths of a recipe, split by split in recipe order (see :func:`recipe_source_manifests`)."""
-    return [p for _, p in recipe_source_manifests(recipe, out_dir, check_images, progress)]
 
 
 def training_recipe(recipe: Recipe, shard_dirs: list[tuple[Source, Path]], base: Path) -> dict:

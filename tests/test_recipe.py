@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.manifest import read_manifest
-from pipeline.recipe import load_recipe, recipe_manifests, recipe_manifests_by_split
+from pipeline.recipe import load_recipe, recipe_source_manifests
 from test_adapters_coco import make_coco
 from test_adapters_h36m import make_h36m
 
@@ -82,7 +82,10 @@ splits:
     - {name: h36m_test, adapter: h36m, root: "${DATA}/h36m", split: test, options: {test_stride: 1}}
 """
     rec = load_recipe(_write(tmp_path, text), {"DATA": str(tmp_path / "data")})
-    by_split = recipe_manifests_by_split(rec, tmp_path / "out", check_images=False, progress=False)
+    built = recipe_source_manifests(rec, tmp_path / "out", check_images=False, progress=False)
+    by_split = {}
+    for source, path in built:
+        by_split.setdefault(source.target, []).append(path)
     assert by_split == {"train": [tmp_path / "out/train/coco_train.parquet"],
                         "test": [tmp_path / "out/test/h36m_test.parquet"]}
     table, meta = read_manifest(by_split["test"][0])
@@ -93,5 +96,6 @@ splits:
   train:
     - {{name: prebuilt, adapter: manifest, root: "{by_split['train'][0]}", split: train}}
 """
-    paths = recipe_manifests(load_recipe(_write(tmp_path, text2)), tmp_path / "out2", progress=False)
+    paths = [p for _, p in recipe_source_manifests(load_recipe(_write(tmp_path, text2)), tmp_path / "out2",
+                                                   progress=False)]
     assert paths == [by_split["train"][0]]
