@@ -99,8 +99,9 @@ def train_and_eval(args, out: Path, arm: str, seed: int, log: Path) -> Path:
     return ev / "predictions.parquet"
 
 
-def load_predictions(paths: dict) -> dict:
-    """{(arm, seed): {sample_id: (pr_angle_deg, metric values)}} restricted to the samples every run has."""
+def load_predictions(paths: dict) -> tuple[dict, int]:
+    """({(arm, seed): {sample_id: row with pr_angle_deg and the metrics}}, n): every run restricted to the n
+    samples all runs have (a PR angle over the builder's limit rejects a sample in the PR build only)."""
     tables = {k: pq.read_table(p, columns=["sample_id", "pr_angle_deg", *(m for m, _ in METRICS)]).to_pylist()
               for k, p in paths.items()}
     common = set.intersection(*({r["sample_id"] for r in t} for t in tables.values()))

@@ -367,3 +367,16 @@ def test_ddp_gathers_every_sample_once(built, tmp_path):
         assert got["ids"] == single["records"]["sample_id"]
         assert got["counts"] == single["counts"]
         np.testing.assert_allclose(got["mpjpe"], single["records"]["mpjpe"], atol=1e-9)
+
+
+def test_recipe_shards_sections_and_relative_paths(tmp_path):
+    from pipeline.errors import InputError
+    from trainer.eval_cli import recipe_shards
+    r = tmp_path / "r.yaml"
+    r.write_text("val: [v]\neval: [{name: a, shards: e1}, e2]\n")
+    assert recipe_shards(r) == [tmp_path / "e1", tmp_path / "e2"]     # 'eval' wins over 'val'; relative to r
+    r.write_text("val: [v]\n")
+    assert recipe_shards(r) == [tmp_path / "v"]
+    r.write_text("test: [{name: a, shards: 3}]\n")
+    with pytest.raises(InputError, match="list of paths"):
+        recipe_shards(r)

@@ -9,7 +9,7 @@ Batch contract (a dict; B samples, J = joints of the configured skeletons concat
                      det -1 for flipped samples (R_totalᵀ still maps back; then un-permute by flip_perm)
 * ``uvd``            torch.float32 (B, J, 3) u, v final-crop pixels, d = z'' - z''_root (m); 0 outside own slice
 * ``joints``         torch.float32 (B, J, 3) P'' in metres (0 for 2D-only samples and outside the own slice)
-* ``mask_uv``        torch.float32 (B, J) own joints with vis > 0 and uv inside [-0.5, S-0.5]^2
+* ``mask_uv``        torch.float32 (B, J) own joints with vis > 0 (the loss drops those outside the crop)
 * ``mask_d``         torch.float32 (B, J) own joints of 3D samples
 * ``scale``          torch.float32 (B,) z''_root / f_final (m/px); 0 for 2D-only
 * ``has_3d``, ``has_intrinsics``, ``flipped``  torch.bool (B,)
@@ -200,9 +200,7 @@ def sample_to_record(raw: dict, crop_size: int, layout: dict, aug: AugmentConfig
     mask_d = np.zeros(J, np.float32)
     uvd[sl] = out["uvd"]
     joints[sl] = out["joints"]
-    uv = out["uvd"][:, :2]
-    inside = np.all((uv >= -0.5) & (uv <= crop_size - 0.5), axis=1)
-    mask_uv[sl] = (out["vis"] > 0) & inside
+    mask_uv[sl] = out["vis"] > 0  # joints outside the crop are the loss's business (loss.uv_inside_crop_only)
     has_3d = bool(meta["has_3d"])
     mask_d[sl] = float(has_3d)
     return {"image": out["image"], "K_crop": out["K_crop"].astype(np.float32), "R": out["R"], "uvd": uvd,

@@ -9,7 +9,7 @@ prints the per-dataset table. Under ``torchrun`` each rank evaluates its share a
 A user error (missing file, a checkpoint that does not fit the shards) prints one line and exits with code 2.
 
 ``--recipe`` is a dataset recipe YAML (trainer.config.read_recipe's shape, e.g. the ``recipe.yaml`` written by
-``perspose-build shards --recipe``); its ``test`` section (else ``val``) lists the shards:
+``perspose-build shards --recipe``); its ``eval`` section (else ``test``, else ``val``) lists the shards:
 ``test: [{name: 3dpw, shards: DIR}, ...]`` or plain paths, relative to the recipe file.
 """
 from __future__ import annotations
@@ -31,22 +31,25 @@ log = logging.getLogger(__name__)
 
 
 def recipe_shards(path: Path) -> list[Path]:
-    """Evaluation shards of a recipe YAML: its ``test`` section if present, else its ``val`` section; entries are
+    """Evaluation shards of a recipe YAML: its ``eval`` section, else ``test``, else ``val``; entries are
     paths or ``{name, paths}`` / ``{name, shards}`` mappings (the training recipe's shape, e.g. the ``recipe.yaml``
     that ``perspose-build shards --recipe`` writes). Relative paths are relative to the recipe file, as in
     trainer recipes. The ``train`` section is ignored."""
     from .configtools import read_yaml
 
     doc = read_yaml(path)
-    entries = doc.get("test") or doc.get("val")
+    entries = doc.get("eval") or doc.get("test") or doc.get("val")
     if not entries:
-        raise InputError(f"{path}: the recipe lists no evaluation shards under 'test' (or 'val')")
+        raise InputError(f"{path}: the recipe lists no evaluation shards under 'eval', 'test' (or 'val')")
     out = []
     for e in entries if isinstance(entries, list) else [entries]:
         ps = e.get("paths", e.get("shards")) if isinstance(e, dict) else e
         if not ps:
             raise InputError(f"{path}: an evaluation entry has no paths: {e!r}")
-        out += [Path(p) if "://" in p else path.parent / p for p in ([ps] if isinstance(ps, str) else ps)]
+        ps = [ps] if isinstance(ps, str) else ps
+        if not isinstance(ps, list) or not all(isinstance(p, str) for p in ps):
+            raise InputError(f"{path}: evaluation shards must be a path or a list of paths, got {ps!r}")
+        out += [Path(p) if "://" in p else path.parent / p for p in ps]
     return out
 
 
