@@ -208,3 +208,15 @@ def test_ddp_two_gloo_ranks_end_with_identical_parameters(shards, tmp_path):
     assert (run / "best.pt").is_file() and r0["summary"]["steps"] == r1["summary"]["steps"] == 3
     init = build(cfg, CPU)[0].state_dict()
     assert any(not torch.equal(init[n], p) for n, p in r0["params"].items()), "the parameters never changed"
+
+
+def test_resume_refuses_what_would_break_exactness(shards, tmp_path):
+    run = tmp_path / "run"
+    args = ["--config", "demo", "--train", shards["train"], "--val", shards["val"], "--out", run,
+            *sum([["--set", s] for s in [*_tiny_sets(), "batch_size=4", "epoch_samples=8", "data.num_workers=0",
+                                         "max_steps=1"]], [])]
+    assert _cli(args).exit_code == 0
+    _one_line_error(_cli(["--out", run, "--resume", "--set", "batch_size=2"]), "batch_size", "--resume")
+    _one_line_error(_cli(["--out", run, "--resume", "--set", "seed=9"]), "seed")
+    torch.save({"step": 1}, run / "last.pt")                       # not a perspose checkpoint
+    _one_line_error(_cli(["--out", run, "--resume"]), "last.pt", "not a perspose checkpoint")

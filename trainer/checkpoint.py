@@ -77,13 +77,22 @@ def save_checkpoint(path, state: dict) -> Path:
     return path
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load with weights_only=True; InputError naming the file when it is missing or unreadable."""
+def load_checkpoint(path, map_location="cpu", require: tuple[str, ...] = ()) -> dict:
+    """Load with weights_only=True; InputError naming the file when it is missing, unreadable, or lacks one of the
+    ``require`` keys (``config`` must hold a ``model`` section)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling/zip failure is a bad file for the user
         raise InputError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
             from None
+    missing = [k for k in require if k not in ck] if isinstance(ck, dict) else list(require)
+    if not missing and "config" in require:
+        c = ck["config"]
+        if not (isinstance(c, dict) and isinstance(c.get("model"), dict)):
+            missing = ["config.model"]
+    if missing:
+        raise InputError(f"{path}: not a perspose checkpoint (missing {missing[0]!r}; needs {', '.join(require)})")
+    return ck

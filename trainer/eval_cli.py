@@ -54,14 +54,10 @@ def recipe_shards(path: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """trainer.checkpoint.load_checkpoint (weights_only=True) plus a check of the keys the evaluator needs."""
+    """trainer.checkpoint.load_checkpoint (weights_only=True), checked for the keys the evaluator needs."""
     from .checkpoint import load_checkpoint as _load
 
-    ck = _load(path)
-    if not isinstance(ck, dict) or "model" not in ck or not isinstance(ck.get("config"), dict) \
-            or not isinstance(ck["config"].get("model"), dict):
-        raise InputError(f"{path}: not a perspose checkpoint (needs 'model' and 'config' with a 'model' section)")
-    return ck
+    return _load(path, require=("model", "config"))
 
 
 def model_config_from(ck: dict, path: Path):

@@ -248,7 +248,11 @@ def fit(cfg: TrainConfig, run_dir, dist: Dist, resume: bool = False, progress: b
     steps_per_epoch, total = cfg.steps_per_epoch(dist.world_size), cfg.total_steps(dist.world_size)
     step, best = 0, float("inf")
     if resume:
-        ck = load_checkpoint(run_dir / "last.pt", map_location=dist.device)
+        ck = load_checkpoint(run_dir / "last.pt", map_location=dist.device,
+                             require=("model", "optimizer", "step", "rng", "config", "world_size"))
+        if int(ck["world_size"]) != dist.world_size:  # the step <-> sample mapping and the data split would change
+            raise InputError(f"{run_dir / 'last.pt'}: trained on {ck['world_size']} processes; resume it on the "
+                             f"same number (this run has {dist.world_size})")
         raw.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         step, best = int(ck["step"]), float(ck["best"])

@@ -27,6 +27,9 @@ def _abs(paths) -> list[str]:
     return [p if "://" in p else str(Path(p).expanduser().resolve()) for p in paths]
 
 
+FIXED_ON_RESUME = ("batch_size", "epoch_samples", "checkpoint_every_steps", "seed")
+
+
 def resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_dir: Path, resume: bool):
     """The run's TrainConfig: from the checkpoint on --resume (plus --set), else preset <- data <- --set."""
     from .checkpoint import load_checkpoint
@@ -39,10 +42,13 @@ def resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_d
             raise InputError(f"{last}: nothing to resume (no last.pt in the run directory)")
         if config_path or recipe or train_paths or val_paths:
             log.warning("--resume: using the config stored in %s; --config/--recipe/--train/--val are ignored", last)
-        stored = load_checkpoint(last)["config"]
+        stored = load_checkpoint(last, require=("config",))["config"]
         cfg = config_from_dict(apply_overrides(stored, overrides))
         if config_to_dict(cfg.model) != stored["model"]:
             raise InputError(f"--set: model keys cannot change on --resume (the checkpoint {last} fixes them)")
+        changed = [k for k in FIXED_ON_RESUME if getattr(cfg, k) != stored.get(k)]
+        if changed:  # each of these redefines what a step is or which samples it reads: resume would not be exact
+            raise InputError(f"--set {changed[0]}: cannot change on --resume (the checkpoint {last} fixes it)")
         return cfg
     if last.is_file():
         raise InputError(f"{run_dir}: already holds a run (last.pt); pass --resume or choose another --out")
