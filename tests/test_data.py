@@ -234,6 +234,13 @@ def test_errors_are_input_errors(sets, tmp_path):
         make_train_loader([DataSource("old", (str(old),))], _cfg())
     with pytest.raises(InputError, match="no training sources"):
         make_train_loader([], _cfg())
+    (old / "build.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="not a perspose build.json"):
+        resolve_shards([str(old)], S)
+    (old / "build.json").write_text(json.dumps(bj))
+    (old / "shard-000000.tar").write_bytes(b"garbage" * 100)   # build.json still counts samples in it
+    with pytest.raises(InputError, match="not a readable tar shard"):
+        resolve_shards([str(old)], S)
 
 
 def test_crop_size_from_sample_json_without_build_json(tmp_path):

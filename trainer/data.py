@@ -106,6 +106,9 @@ def _read_build_json(d: Path) -> dict | None:
         info = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"{p}: unreadable build.json ({e})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("options", {}), dict) \
+            or not isinstance(info.get("shards", []), list) or not all(isinstance(x, dict) for x in info.get("shards", [])):
+        raise InputError(f"{p}: not a perspose build.json (expected an object with 'options' and a 'shards' list)")
     if info.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{p}: shard format_version {info.get('format_version')!r}, this toolkit reads "
                          f"{FORMAT_VERSION}; rebuild the shards")
@@ -171,9 +174,10 @@ def resolve_shards(paths, crop_size: int, name: str = "", skeletons=None, ratio:
     if sum(counts) == 0:
         raise InputError(f"{label}: the shards contain no samples")
     nonempty = [(u, c) for u, c in zip(urls, counts) if c > 0]
-    first = next(iter_tar(nonempty[0][0]))
     try:
-        meta = json.loads(first["json"])
+        meta = json.loads(next(iter_tar(nonempty[0][0]))["json"])
+    except (OSError, tarfile.TarError, StopIteration):
+        raise InputError(f"{nonempty[0][0]}: not a readable tar shard (build.json lists samples in it)") from None
     except (KeyError, ValueError):
         raise InputError(f"{nonempty[0][0]}: first sample has no readable .json; not a PersPose shard") from None
     _check_crop_size(meta.get("crop_size"), nonempty[0][0], crop_size)
