@@ -32,12 +32,19 @@ def _read_index(out_dir: Path) -> list[dict]:
     p = out_dir / "index.parquet"
     if not p.is_file():
         raise InputError(f"{p}: not found (is {out_dir} a shard directory?)")
-    return pq.read_table(p).to_pylist()
+    try:
+        return pq.read_table(p).to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise InputError(f"{p}: unreadable index ({str(e).splitlines()[0][:200]})") from None
+
+
+def select(index: list[dict], split: str | None = None, dataset: str | None = None) -> list[dict]:
+    return [r for r in index if (split is None or r["split"] == split) and (dataset is None or r["dataset"] == dataset)]
 
 
 def pick_samples(index: list[dict], n: int, seed: int, split: str | None = None,
                  dataset: str | None = None) -> list[dict]:
-    rows = [r for r in index if (split is None or r["split"] == split) and (dataset is None or r["dataset"] == dataset)]
+    rows = select(index, split, dataset)
     if not rows:
         return []
     rng = np.random.default_rng(seed)
@@ -53,11 +60,15 @@ def read_samples(out_dir: Path, picked: list[dict]) -> list[dict]:
     found: dict[str, dict] = {}
     for shard, keys in sorted(by_shard.items()):
         members: dict[str, dict] = {}
-        with tarfile.open(out_dir / f"{shard}.tar", "r") as tf:
-            for m in tf:
-                key, _, ext = m.name.partition(".")
-                if key in keys and m.isfile():
-                    members.setdefault(key, {"__key__": key})[ext] = tf.extractfile(m).read()
+        tar = out_dir / f"{shard}.tar"
+        try:
+            with tarfile.open(tar, "r") as tf:
+                for m in tf:
+                    key, _, ext = m.name.partition(".")
+                    if key in keys and m.isfile():
+                        members.setdefault(key, {"__key__": key})[ext] = tf.extractfile(m).read()
+        except (OSError, tarfile.TarError) as e:
+            raise InputError(f"{tar}: unreadable shard ({e}); run perspose-build verify {out_dir}") from None
         for key, mem in members.items():
             found[key] = decode_sample(mem)
     return [found[r["key"]] for r in picked if r["key"] in found]
@@ -71,7 +82,8 @@ def draw_sample(sample: dict, tile: int) -> np.ndarray:
     sk = SKELETONS.get(m.get("skeleton"))
     if sk is None:
         return img
-    uv = a["uvd"][:, :2].astype(np.float64) * (tile / sample["image"].shape[1])
+    f = tile / sample["image"].shape[1]
+    uv = (a["uvd"][:, :2].astype(np.float64) + 0.5) * f - 0.5   # pixel centres at integers, before and after
     vis = a["vis"]
     has_uv = m.get("has_3d") or np.any(a["uvd"][:, :2] != 0)
     if not has_uv:
@@ -143,7 +155,8 @@ def _angle_caption(s: dict) -> str:
 
 
 def pr_angle_histogram(index: list[dict], path: Path, bins: int = 36) -> None:
-    """Distribution of the PR angle (degrees) per dataset, each normalised to a density (paper Fig. 7)."""
+    """Distribution of the PR angle (degrees) per dataset, each normalised to a density (paper Fig. 7). Samples
+    without intrinsics are left out: their angle comes from a stand-in camera."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -152,7 +165,8 @@ def pr_angle_histogram(index: list[dict], path: Path, bins: int = 36) -> None:
     ax = fig.add_subplot()
     by_ds: dict[str, list] = {}
     for r in index:
-        by_ds.setdefault(r["dataset"], []).append(math.degrees(r["pr_angle"]))
+        if r.get("has_intrinsics", True):
+            by_ds.setdefault(r["dataset"], []).append(math.degrees(r["pr_angle"]))
     hi = max((max(v) for v in by_ds.values()), default=1.0)
     edges = np.linspace(0.0, max(1.0, math.ceil(hi)), bins + 1)
     for ds, v in sorted(by_ds.items()):
@@ -177,7 +191,8 @@ def pr_angle_histogram(index: list[dict], path: Path, bins: int = 36) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Contact sheet PNG.")
 @click.option("--hist", type=click.Path(path_type=Path), default=None, help="PR-angle histogram PNG.")
 def show_cmd(out_dir, n, split, dataset, seed, tile, out, hist):
-    """Contact sheet of random crops with their skeletons (--out) and/or the PR-angle histogram (--hist)."""
+    """Contact sheet of random crops with their skeletons (--out) and/or the PR-angle histogram (--hist); both
+    honour --split and --dataset."""
     if out is None and hist is None:
         raise InputError("nothing to do: give --out sheet.png and/or --hist pr_angle.png")
     if n < 1 or tile < 32:
@@ -192,5 +207,5 @@ def show_cmd(out_dir, n, split, dataset, seed, tile, out, hist):
         _write_png(out, contact_sheet(samples, tile))
         click.echo(f"wrote {out} ({len(samples)} samples)")
     if hist is not None:
-        pr_angle_histogram(index, hist)
+        pr_angle_histogram(select(index, split, dataset), hist)
         click.echo(f"wrote {hist}")

@@ -147,3 +147,23 @@ def test_caption_says_whether_the_crop_was_rotated():
     assert _angle_caption({"meta": {"has_intrinsics": True}, "arrays": rot}) == "PR 12.3 deg"
     assert _angle_caption({"meta": {"has_intrinsics": True}, "arrays": {**rot, "R": np.eye(3)}}) == "no PR (12.3 deg)"
     assert _angle_caption({"meta": {"has_intrinsics": False}, "arrays": rot}) == "2D only, no PR"
+
+
+def test_show_bad_index_and_shard_are_one_line_errors(built, tmp_path):
+    bad = _copy(built, tmp_path / "bad")
+    (bad / "index.parquet").write_bytes(b"not parquet")
+    r = CliRunner().invoke(main, ["show", str(bad), "--hist", str(tmp_path / "h.png")])
+    assert r.exit_code == 2 and "index.parquet" in r.output and "Traceback" not in r.output, r.output
+    bad2 = _copy(built, tmp_path / "bad2")
+    for t in bad2.glob("*.tar"):
+        t.write_bytes(b"garbage")
+    r = CliRunner().invoke(main, ["show", str(bad2), "--out", str(tmp_path / "s.png")])
+    assert r.exit_code == 2 and "unreadable shard" in r.output, r.output
+
+
+def test_hist_uses_the_same_filter_as_the_sheet():
+    from pipeline.show import select
+    index = [{"split": "train", "dataset": "a"}, {"split": "test", "dataset": "a"}, {"split": "test", "dataset": "b"}]
+    assert select(index, "test") == index[1:]
+    assert select(index, "test", "b") == index[2:]
+    assert [r["split"] for r in pick_samples(index, 5, 0, "test")] == ["test", "test"]
