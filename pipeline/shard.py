@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from . import geometry as g
+from .errors import InputError
 from .fsutil import atomic_path
 from .skeleton import get_skeleton
 
@@ -245,3 +246,20 @@ def iter_tar(path):
             cur[ext] = tf.extractfile(m).read()
     if cur is not None:
         yield cur
+
+
+def read_build_json(path) -> dict:
+    """A shard directory's build.json, checked for shape and ``format_version``; InputError naming the file."""
+    path = Path(path)
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable build.json ({e})") from None
+    shards = info.get("shards", []) if isinstance(info, dict) else None
+    if not isinstance(info, dict) or not isinstance(info.get("options", {}), dict) or not isinstance(shards, list) \
+            or not all(isinstance(x, dict) for x in shards):
+        raise InputError(f"{path}: not a perspose build.json (expected an object with 'options' and a 'shards' list)")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path}: shard format_version {info.get('format_version')!r}, this toolkit reads "
+                         f"{FORMAT_VERSION}; rebuild the shards")
+    return info

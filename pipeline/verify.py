@@ -8,7 +8,6 @@ uv = π(K_crop · joints_rot) within 1e-3 px, d = z' − z'_root and ŝ = z'_roo
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 from . import geometry as g
 from .errors import InputError
 from .fsutil import sha256_file
-from .shard import decode_sample, iter_tar
+from .shard import decode_sample, iter_tar, read_build_json
 from .skeleton import SKELETONS
 
 log = logging.getLogger(__name__)
@@ -139,11 +138,13 @@ def verify_dir(out_dir, progress: bool = True, jobs: int = 1) -> VerifyReport:
     bj = out_dir / "build.json"
     if not bj.is_file():
         raise InputError(f"{bj}: not found (is {out_dir} a shard directory?)")
+    info = read_build_json(bj)
     try:
-        info = json.loads(bj.read_text())
-        index = pq.read_table(out_dir / "index.parquet").to_pylist()
-    except (ValueError, OSError) as e:
-        raise InputError(f"{out_dir}: cannot read build.json / index.parquet ({e})") from None
+        index = pq.read_table(out_dir / "index.parquet", columns=["shard", "key"]).to_pylist()
+    except (ValueError, OSError, KeyError) as e:
+        raise InputError(f"{out_dir / 'index.parquet'}: unreadable or without shard/key columns ({e})") from None
+    if any("name" not in s for s in info["shards"]) or not isinstance(info.get("counts"), dict):
+        raise InputError(f"{bj}: its shards have no names or it has no counts; not written by perspose-build")
     by_shard: dict[str, list] = {}
     for r in index:
         by_shard.setdefault(r["shard"], []).append(r)
@@ -151,7 +152,7 @@ def verify_dir(out_dir, progress: bool = True, jobs: int = 1) -> VerifyReport:
     shard_names = {s["name"] for s in info["shards"]}
     for name in sorted(set(by_shard) - shard_names):
         rep.failures.append(f"index.parquet names shard {name}, which build.json does not list")
-    if info["counts"]["written"] != len(index):
+    if info["counts"].get("written") != len(index):
         rep.failures.append(f"build.json counts {info['counts']['written']} samples, index.parquet has {len(index)}")
 
     from joblib import Parallel, delayed

@@ -167,3 +167,11 @@ def test_hist_uses_the_same_filter_as_the_sheet():
     assert select(index, "test") == index[1:]
     assert select(index, "test", "b") == index[2:]
     assert [r["split"] for r in pick_samples(index, 5, 0, "test")] == ["test", "test"]
+
+
+@pytest.mark.parametrize("content", ["[]", "{}", '{"format_version": 1, "shards": [1]}'])
+def test_verify_wrong_shape_build_json_is_a_one_line_error(built, tmp_path, content):
+    bad = _copy(built, tmp_path / "bad")
+    (bad / "build.json").write_text(content)
+    r = CliRunner().invoke(main, ["verify", str(bad)])
+    assert r.exit_code == 2 and "build.json" in r.output and "Traceback" not in r.output, r.output

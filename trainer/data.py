@@ -47,7 +47,7 @@ import webdataset as wds
 from braceexpand import braceexpand
 
 from pipeline.errors import InputError
-from pipeline.shard import FORMAT_VERSION, iter_tar
+from pipeline.shard import iter_tar, read_build_json
 from pipeline.skeleton import joint_slices
 
 from .augment import AugmentConfig, augment_sample
@@ -98,23 +98,6 @@ class ShardSet:
 
 
 # ------------------------------------------------------------------------------------------- shard discovery
-def _read_build_json(d: Path) -> dict | None:
-    p = d / "build.json"
-    if not p.is_file():
-        return None
-    try:
-        info = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{p}: unreadable build.json ({e})") from None
-    if not isinstance(info, dict) or not isinstance(info.get("options", {}), dict) \
-            or not isinstance(info.get("shards", []), list) or not all(isinstance(x, dict) for x in info.get("shards", [])):
-        raise InputError(f"{p}: not a perspose build.json (expected an object with 'options' and a 'shards' list)")
-    if info.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{p}: shard format_version {info.get('format_version')!r}, this toolkit reads "
-                         f"{FORMAT_VERSION}; rebuild the shards")
-    return info
-
-
 def _count_samples(tar: Path) -> int:
     try:
         with tarfile.open(tar, "r") as tf:
@@ -155,7 +138,7 @@ def resolve_shards(paths, crop_size: int, name: str = "", skeletons=None, ratio:
                 raise InputError(f"{p}: not a .tar shard")
             d = p if p.is_dir() else p.parent
             if d not in builds:                  # build.json once per directory (globs list many tars)
-                info = _read_build_json(d)
+                info = read_build_json(d / "build.json") if (d / "build.json").is_file() else None
                 if info is not None:
                     _check_crop_size(info.get("options", {}).get("crop_size"), d / "build.json", crop_size)
                 builds[d] = {s.get("file"): s.get("samples") for s in (info or {}).get("shards", [])}
