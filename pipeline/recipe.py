@@ -38,6 +38,7 @@ __all__ = ["Source", "Recipe", "load_recipe", "recipe_source_manifests", "traini
 PASS_THROUGH = "manifest"
 _TOP_KEYS = {"name", "description", "vars", "splits"}
 _SOURCE_KEYS = {"name", "adapter", "root", "split", "ratio", "options"}
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -103,6 +104,9 @@ def _source(raw, target: str, path: Path, variables) -> Source:
         raise InputError(f"{where}: source {raw.get('name', '?')!r} is missing {', '.join(missing)}")
     raw = _substitute(raw, variables, f"{where}.{raw['name']}")
     where = f"{where}.{raw['name']}"
+    for part, value in (("split", target), ("source name", raw["name"])):
+        if not _NAME.fullmatch(str(value)):  # they become directory names under OUT
+            raise InputError(f"{where}: {part} {value!r}: use only letters, digits, '_' and '-'")
     adapter = str(raw["adapter"])
     options = raw.get("options") or {}
     if not isinstance(options, dict):
@@ -132,6 +136,8 @@ def load_recipe(path, variables: Mapping[str, str] | None = None) -> Recipe:
         raise InputError(f"{path}: recipe file not found")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as e:
         raise InputError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     _check_keys(raw, _TOP_KEYS, str(path))

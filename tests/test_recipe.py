@@ -67,6 +67,11 @@ def test_recipe_errors(tmp_path):
         load_recipe(tmp_path / "missing.yaml", VARS)
     assert load_recipe(_write(tmp_path, BASE.replace("${DATA}", "$$HOME") % ""), {}).sources[0].root == \
         Path("$HOME/coco")
+    with pytest.raises(InputError, match="use only letters"):
+        load_recipe(_write(tmp_path, BASE.replace("name: c,", "name: ../escape,") % ""), VARS)
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00name")
+    with pytest.raises(InputError, match="UTF-8"):
+        load_recipe(tmp_path / "bin.yaml", VARS)
 
 
 def test_recipe_manifests_runs_adapters(tmp_path):
