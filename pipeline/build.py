@@ -254,13 +254,12 @@ def _clean_stale(out_dir: Path, prefix: str, n_planned: int) -> None:
     for pattern in (".index.parquet.*.tmp", ".rejected.parquet.*.tmp", ".build.json.*.tmp"):
         for p in out_dir.glob(pattern):
             p.unlink(missing_ok=True)
-    pat = re.compile(rf"{re.escape(prefix)}-(\d{{6}})\.json")
-    for side in out_dir.glob(f"{prefix}-*.json"):
-        m = pat.fullmatch(side.name)
+    pat = re.compile(rf"{re.escape(prefix)}-(\d{{6}})\.(tar|json)")
+    for f in sorted(out_dir.glob(f"{prefix}-*")):  # a tar without its sidecar too (killed between the two)
+        m = pat.fullmatch(f.name)
         if m and int(m.group(1)) >= n_planned:
-            log.info("removing stale shard %s (beyond the plan)", side.stem)
-            side.with_suffix(".tar").unlink(missing_ok=True)
-            side.unlink(missing_ok=True)
+            log.info("removing stale %s (beyond the plan)", f.name)
+            f.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ backends

@@ -141,7 +141,8 @@ def test_plan_is_pure_and_rerun_reuses_or_rebuilds(toy, tmp_path):
     res = build_shards([manifest], out, BuildConfig(shard_size=4, jobs=1, opts=BuildOptions(jpeg_quality=80)),
                        progress=False)
     assert res.reused == 0 and _digests(out)["shard-000000.tar"] != before["shard-000000.tar"]
-    # a smaller plan removes our own shards beyond it
+    # a smaller plan removes our own shards beyond it, also a tar whose sidecar was never written (a kill)
+    (out / "shard-000009.tar").write_bytes(b"orphan")
     res = build_shards([manifest], out, BuildConfig(shard_size=8, jobs=1), progress=False)
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-000000.json", "shard-000000.tar",
                                                            "shard-000001.json", "shard-000001.tar"]
