@@ -162,7 +162,7 @@ def markdown(res: dict, n: int, args, compute: dict, ref: dict) -> str:
         cells = [f"{res[a]['pr_bins'][b]['mpjpe_mean']:.1f} ± {res[a]['pr_bins'][b]['mpjpe_std']:.1f}" for a in res]
         lines.append(f"| {b} | {info['n']} | " + " | ".join(cells) + " |")
     lines += ["", f"Compute: {compute['device']}; training {compute['train_minutes']:.1f} min per run on average "
-              f"({compute['total_minutes']:.0f} min wall time over all invocations of the script)."]
+              f"({compute['total_minutes']:.0f} min wall time over the script's completed invocations)."]
     return "\n".join(lines) + "\n"
 
 
@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000, help="optimizer steps per run")
     ap.add_argument("--epochs", type=int, default=6, help="the steps are split into this many epochs")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--preset", default="demo", help="trainer preset the arms start from")
+    ap.add_argument("--preset", default="demo", help="trainer preset name or YAML file the arms start from")
     ap.add_argument("--full", action="store_true", help="the paper preset (W48); pair with --crop 256 --batch 96 on CUDA")
     args = ap.parse_args()
     out = args.out
