@@ -114,24 +114,19 @@ def augmentation_homography(K_store, store_size: int, crop_size: int, params: Ge
     c0 = 0.5 * (store_size - 1)
     c_aug = 0.5 * (crop_size - 1) + zoom * (R_roll[:2, :2] @ (K_store[:2, 2] - c0))
     K_final = g.intrinsics(K_store[0, 0] * zoom, K_store[1, 1] * zoom, c_aug[0], c_aug[1])
-    H = K_final @ R_aug @ np.linalg.inv(K_store)
+    H = g.crop_from_image(K_store, R_aug, K_final)  # the stored crop is an image with intrinsics K_store
     return H / H[2, 2], K_final, R_aug
 
 
 def transform_labels(joints_rot, uv_store, has_3d: bool, R, R_aug, K_final, H, root: int):
     """Exact labels in the final crop before flip: (P'' (J, 3), uvd (J, 3), scale, R_total), float64."""
     R_total = g.as_f64(R_aug) @ g.as_f64(R)
-    if has_3d:
-        P = g.as_f64(joints_rot) @ g.as_f64(R_aug).T
-        uv = g.project(P, K_final)
-        d = P[:, 2] - P[root, 2]
-        scale = float(P[root, 2] / K_final[0, 0])
-    else:
-        P = np.zeros((len(uv_store), 3))
-        uv = g.apply_homography(H, g.as_f64(uv_store))
-        d = np.zeros(len(uv_store))
-        scale = 0.0
-    return P, np.concatenate([uv, d[:, None]], axis=1), scale, R_total
+    if has_3d:  # the stored crop's camera frame is "the original camera" for R_aug
+        P, uvd, scale = g.labels_from_joints(joints_rot, R_aug, K_final, root)
+        return P, uvd, float(scale), R_total
+    n = len(uv_store)
+    uvd = np.concatenate([g.apply_homography(H, g.as_f64(uv_store)), np.zeros((n, 1))], axis=1)
+    return np.zeros((n, 3)), uvd, 0.0, R_total
 
 
 def _flip(image, K, P, uvd, vis, R_total, crop_size: int, perm):

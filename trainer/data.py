@@ -51,6 +51,7 @@ from pipeline.shard import iter_tar, read_build_json
 from pipeline.skeleton import joint_slices
 
 from .augment import AugmentConfig, augment_sample
+from .model import DEFAULT_SKELETONS
 from .shard_decode import decode_raw
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 __all__ = ["DataSource", "LoaderConfig", "ShardSet", "resolve_shards", "sample_to_record", "collate",
            "make_train_loader", "make_eval_loader", "ShardLoader"]
 
-DEFAULT_SKELETONS = ("smpl24", "h36m17", "mpi_inf_3dhp17", "coco17")
 _MAX_CONSECUTIVE_FAILURES = 1000
 
 

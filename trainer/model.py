@@ -252,12 +252,10 @@ def flip_test(model: PersPose, images: torch.Tensor, K_crop: torch.Tensor, has_i
     The mirrored crop's camera has c_x -> (S-1) - c_x (exact for pixel centres at integers); uvd and xyz are
     recomputed from the averaged uv, d and scale with the original K_crop (and R). Works on DDP / torch.compile
     wrappers of the model."""
-    net = model
-    while not isinstance(net, PersPose):  # unwrap DDP (.module) and torch.compile (._orig_mod)
-        inner = getattr(net, "module", None) or getattr(net, "_orig_mod", None)
-        if inner is None:
-            raise TypeError(f"flip_test needs a PersPose model (possibly wrapped), got {type(model).__name__}")
-        net = inner
+    from .checkpoint import unwrap_model
+    net = unwrap_model(model)  # DDP (.module) and torch.compile (._orig_mod)
+    if not isinstance(net, PersPose):
+        raise TypeError(f"flip_test needs a PersPose model (possibly wrapped), got {type(model).__name__}")
     s = net.cfg.crop_size
     out = model(images, K_crop, has_intrinsics, None, return_heatmaps)
     K_flip = K_crop.clone()
