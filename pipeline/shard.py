@@ -23,7 +23,6 @@ import io
 import json
 import re
 import tarfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +31,10 @@ import numpy as np
 
 from . import geometry as g
 from .errors import InputError
+from .codec import decode_jpeg_rgb, encode_jpeg, npz_bytes, read_npz
 from .fsutil import atomic_path
 from .skeleton import get_skeleton
+from .tario import iter_tar
 
 __all__ = ["BuildOptions", "Rejected", "sample_key", "process_row", "encode_sample", "decode_sample",
            "npz_bytes", "write_tar", "iter_tar", "load_image", "FORMAT_VERSION"]
@@ -177,38 +178,24 @@ def _warp(image, K, dist, R, K_crop, size, f_crop, threshold) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- encoding
-def npz_bytes(arrays: dict) -> bytes:
-    """Deterministic .npz (np.savez stamps the current time into the zip): fixed dates, stored, sorted names."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name in sorted(arrays):
-            arr = io.BytesIO()
-            a = np.asarray(arrays[name])
-            np.lib.format.write_array(arr, a if a.flags.c_contiguous else np.ascontiguousarray(a), allow_pickle=False)
-            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, arr.getvalue())
-    return buf.getvalue()
-
-
 def encode_sample(sample: dict, jpeg_quality: int = 95) -> dict:
     """Sample (key, image RGB, arrays, meta) -> {'__key__', 'jpg', 'npz', 'json'} bytes."""
-    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(sample["image"], cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-    if not ok:
-        raise Rejected("JPEG encoding failed")
-    return {"__key__": sample["key"], "jpg": jpg.tobytes(), "npz": npz_bytes(sample["arrays"]),
+    try:
+        jpg = encode_jpeg(sample["image"], jpeg_quality)
+    except ValueError as e:
+        raise Rejected(str(e)) from None
+    return {"__key__": sample["key"], "jpg": jpg, "npz": npz_bytes(sample["arrays"]),
             "json": json.dumps(sample["meta"], sort_keys=True).encode()}
 
 
-def decode_sample(members: dict) -> dict:
-    """{'jpg','npz','json'} bytes -> {'key', 'image' (RGB uint8), 'arrays' (dict of np arrays), 'meta'}."""
-    img = cv2.imdecode(np.frombuffer(members["jpg"], np.uint8), cv2.IMREAD_COLOR)
+def decode_sample(members: dict, rgbx: bool = False) -> dict:
+    """{'jpg','npz','json'} bytes (other members ignored, nothing unpickled) -> {'key', 'image' (RGB uint8, or
+    RGBX with ``rgbx``: see :func:`pipeline.codec.decode_jpeg_rgb`), 'arrays' (dict of read-only np arrays),
+    'meta'}."""
+    img = decode_jpeg_rgb(members["jpg"], rgbx)
     if img is None:
         raise ValueError(f"sample {members.get('__key__')}: cannot decode jpg")
-    with np.load(io.BytesIO(members["npz"]), allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return {"key": members.get("__key__"), "image": cv2.cvtColor(img, cv2.COLOR_BGR2RGB), "arrays": arrays,
+    return {"key": members.get("__key__"), "image": img, "arrays": read_npz(members["npz"]),
             "meta": json.loads(members["json"])}
 
 
@@ -228,24 +215,6 @@ def write_tar(path, encoded_samples) -> int:
                     tf.addfile(info, io.BytesIO(data))
                 n += 1
     return n
-
-
-def iter_tar(path):
-    """Yield {'__key__', ext: bytes} per sample from a shard, in file order (members grouped by key)."""
-    cur = None
-    with tarfile.open(path, "r") as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            if cur is not None and cur["__key__"] != key:
-                yield cur
-                cur = None
-            if cur is None:
-                cur = {"__key__": key}
-            cur[ext] = tf.extractfile(m).read()
-    if cur is not None:
-        yield cur
 
 
 def read_build_json(path) -> dict:

@@ -19,6 +19,7 @@ from .errors import InputError
 from .fsutil import atomic_path
 from .shard import decode_sample
 from .skeleton import SKELETONS
+from .tario import iter_tar
 
 __all__ = ["pick_samples", "read_samples", "draw_sample", "contact_sheet", "sheet_size", "pr_angle_histogram",
            "show_cmd", "LABEL_H"]
@@ -62,11 +63,9 @@ def read_samples(out_dir: Path, picked: list[dict]) -> list[dict]:
         members: dict[str, dict] = {}
         tar = out_dir / f"{shard}.tar"
         try:
-            with tarfile.open(tar, "r") as tf:
-                for m in tf:
-                    key, _, ext = m.name.partition(".")
-                    if key in keys and m.isfile():
-                        members.setdefault(key, {"__key__": key})[ext] = tf.extractfile(m).read()
+            for sample in iter_tar(tar):
+                if sample["__key__"] in keys:
+                    members[sample["__key__"]] = sample
         except (OSError, tarfile.TarError) as e:
             raise InputError(f"{tar}: unreadable shard ({e}); run perspose-build verify {out_dir}") from None
         for key, mem in members.items():

@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .codec import encode_jpeg
 from .errors import InputError
 from .geometry import intrinsics, project
 from .manifest import make_sample_id
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SynthConfig", "Camera", "Person", "SPLITS", "DEFAULT_IMAGE_SIZES", "SYNTH_VERSION", "image_rng",
            "sample_camera", "sample_person", "render_image", "synth_sample", "write_chunk", "fov_horizontal",
-           "generate", "manifest_rows", "sample_location", "encode_jpeg"]
+           "generate", "manifest_rows", "sample_location"]
 
 SYNTH_VERSION = "1"
 SKELETON = "smpl24"
@@ -216,13 +217,6 @@ def manifest_rows(sample: dict, split: str, index: int, cfg: SynthConfig) -> lis
             "smpl": None, "meta": json.dumps(meta, sort_keys=True, separators=(",", ":")),
         })
     return rows
-
-
-def encode_jpeg(img_rgb: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
 
 
 def write_replace(path: Path, data: bytes) -> None:

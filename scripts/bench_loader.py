@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Samples/s per core: the shard loader (decode stored crop + exact augmentation + collate) against, in the same
-run, the on-the-fly route the official code takes (decode the full 1920x1080 frame with cv2.imdecode, warp it with
-the PR homography straight to the S crop with the same augmentation, collate).
+run, the on-the-fly route the official code takes (decode the full 1920x1080 frame, warp it with the PR homography
+straight to the S crop with the same augmentation, collate). Both routes decode with the same function
+(pipeline.codec.decode_jpeg_rgb: simplejpeg when installed, else cv2), so the decoder choice does not enter the
+ratio; the decode costs of both decoders are printed too.
 
 Everything is generated in a temporary directory: 1920x1080 JPEG q95 frames (built from the real H36M fixture
 frames when ../shared/fixtures/real is present, else a synthetic texture), manifest-like rows with 3D joints, and
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from pipeline import geometry as g
+from pipeline.codec import decode_jpeg_rgb
 from pipeline.shard import BuildOptions, encode_sample, process_row, write_tar
 from pipeline.skeleton import get_skeleton, joint_slices
 from trainer.augment import AugmentConfig, augmentation_homography, sample_geometric
@@ -79,13 +82,13 @@ def _rows(n: int, rng) -> list[dict]:
 def on_the_fly_record(jpg: bytes, row: dict, sample: dict, crop: int, aug: AugmentConfig, rng, layout) -> dict:
     """The official route: full-frame decode, then ONE warp original -> S crop (PR, zoom, roll composed), same
     photometric chain, labels, flip. ``sample`` holds the precomputed PR crop geometry of this row."""
-    img = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR_RGB)
+    img = decode_jpeg_rgb(jpg, rgbx=True)           # the loader's 4-channel trick helps this route's warp too
     a = sample["arrays"]
     K_store, R = a["K_crop"], a["R"]
     params, do_aug = sample_geometric(aug, rng, float(K_store[0, 0]))
     H_aug, K_final, R_aug = augmentation_homography(K_store, sample["image"].shape[0], crop, params)
-    out = cv2.warpPerspective(img, H_aug @ a["H"], (crop, crop), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT)
+    out = cv2.cvtColor(cv2.warpPerspective(img, H_aug @ a["H"], (crop, crop), flags=cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_CONSTANT), cv2.COLOR_RGBA2RGB)
     joints = np.asarray(row["joints_cam"], np.float64).reshape(-1, 3)
     rot, uvd, scale = g.labels_from_joints(joints, R_aug @ R, K_final, 0)
     if do_aug:

@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.synth import SynthConfig, encode_jpeg, synth_sample, write_replace
+from pipeline.codec import encode_jpeg
+from pipeline.synth import SynthConfig, synth_sample, write_replace
 from pipeline.synth_cli import run_synth
 
 

@@ -160,6 +160,25 @@ def test_same_seed_same_output_and_different_seed_differs():
     assert not np.array_equal(a["image"], c["image"])
 
 
+@pytest.mark.parametrize("pr", [True, False])
+def test_rgbx_input_gives_the_same_bytes_as_rgb(pr):
+    """The loader decodes stored crops as RGBX (faster 4-channel warps); the result must not change."""
+    sample = _synthetic_sample(np.random.default_rng(9), pr=pr)
+    sample["image"] = cv2.GaussianBlur(np.random.default_rng(10).integers(0, 256, sample["image"].shape,
+                                                                          dtype=np.uint8), (5, 5), 1.5)
+    rgbx = dict(sample, image=cv2.cvtColor(sample["image"], cv2.COLOR_RGB2RGBA))
+    cfg = replace(AugmentConfig(), jitter_px=0.5)            # perspective warps too, not only affine ones
+    warped = 0
+    for seed in range(12):
+        a = augment_sample(sample, S, cfg, np.random.default_rng(seed))
+        b = augment_sample(rgbx, S, cfg, np.random.default_rng(seed))
+        assert b["image"].shape == (S, S, 3) and b["image"].flags.c_contiguous
+        for k in ("image", "K_crop", "R", "uvd", "joints"):
+            assert np.array_equal(a[k], b[k]), (seed, k)
+        warped += not a["params"].is_identity
+    assert 3 <= warped <= 10                                 # both the warp and the slice path were taken
+
+
 def test_do_aug_coin_rate():
     sample = _synthetic_sample(np.random.default_rng(9))
     rng = np.random.default_rng(10)
@@ -204,6 +223,18 @@ def test_gaussian_noise_has_the_reference_sigma_on_every_channel():
     diff = ph.gaussian_noise(img, np.random.default_rng(0)).astype(np.float64) - 100
     np.testing.assert_allclose(diff.std(axis=(0, 1)), [20.0] * 3, rtol=0.03)   # sigma = mean / 5
     assert abs(diff.mean()) < 0.5
+
+
+@pytest.mark.parametrize("side", [256, 900])                # 900² x 3 is larger than the noise table
+def test_gaussian_noise_is_independent_per_pixel_and_differs_per_draw(side):
+    img = np.full((side, side, 3), 100, np.uint8)
+    rng = np.random.default_rng(1)
+    a, b = (ph.gaussian_noise(img, rng).astype(np.float64) - 100 for _ in range(2))
+    assert not np.array_equal(a, b)
+    flat = a.reshape(-1)
+    for lag in (1, 3, 3 * side):                             # neighbouring channel, pixel, row
+        assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 0.02
+    assert abs(np.corrcoef(a.reshape(-1), b.reshape(-1))[0, 1]) < 0.02
 
 
 def test_contrast_brightness_keeps_the_mean_up_to_the_brightness_shift():

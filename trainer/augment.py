@@ -140,9 +140,9 @@ def _flip(image, K, P, uvd, vis, R_total, crop_size: int, perm):
 
 
 def augment_sample(sample: dict, crop_size: int, cfg: AugmentConfig, rng: np.random.Generator) -> dict:
-    """Decoded shard sample (:func:`pipeline.shard.decode_sample`) -> final S crop with exact labels.
+    """Decoded shard sample (:func:`pipeline.shard.decode_sample`; RGB or RGBX) -> final S crop with exact labels.
 
-    Returns {'image' (S, S, 3) uint8 RGB (may be a view into the stored crop), 'K_crop' (3, 3), 'R' (3, 3)
+    Returns {'image' (S, S, 3) uint8 RGB (may be a view into an RGB stored crop), 'K_crop' (3, 3), 'R' (3, 3)
     R_total, 'joints' (J, 3) P'', 'uvd' (J, 3), 'scale' float, 'vis' (J,) uint8, 'flipped' bool, 'do_aug' bool,
     'params' GeometricParams}; geometry in float64.
     """
@@ -162,7 +162,9 @@ def augment_sample(sample: dict, crop_size: int, cfg: AugmentConfig, rng: np.ran
         crop = image[off:off + crop_size, off:off + crop_size]   # exact: no resampling
     else:
         crop = cv2.warpPerspective(image, H, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+    if crop.shape[2] == 4:                                      # RGBX input (decode_sample(rgbx=True))
+        crop = cv2.cvtColor(crop, cv2.COLOR_RGBA2RGB)
 
     sk = get_skeleton(meta["skeleton"])
     P, uvd, scale, R_total = transform_labels(arrays["joints_rot"], arrays["uvd"][:, :2], bool(meta["has_3d"]),
