@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 from .fsutil import atomic_path, atomic_write_text, sha256_file
-from .manifest import image_root_of, read_manifest
+from .manifest import REJECTED_SCHEMA, image_root_of, read_manifest
 from .shard import FORMAT_VERSION, BuildOptions, Rejected, encode_sample, process_row, sample_key, \
     write_tar
 
@@ -61,7 +61,6 @@ INDEX_SCHEMA = pa.schema([
     ("person", pa.int16()), ("skeleton", pa.string()), ("pr_angle", pa.float64()), ("f_crop", pa.float64()),
     ("scale", pa.float64()), ("has_3d", pa.bool_()), ("has_intrinsics", pa.bool_()), ("pr", pa.bool_()),
 ])
-REJECTED_SCHEMA = pa.schema([("sample_id", pa.string()), ("reason", pa.string())])
 
 
 @dataclass(frozen=True)

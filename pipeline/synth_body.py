@@ -17,7 +17,7 @@ from .skeleton import get_skeleton
 from .synth_render import Capsule, Ellipsoid
 
 __all__ = ["Body", "sample_body", "sample_pose", "root_rotation", "forward_kinematics", "body_primitives",
-           "rest_height", "PART_NAMES", "contains"]
+           "rest_height", "contains"]
 
 _SK = get_skeleton("smpl24")
 PARENTS = np.array(_SK.parents)
@@ -96,7 +96,6 @@ _ELLIPSOIDS = (
     ("head", 15, (0.0, 0.075, 0.02), (0.082, 0.112, 0.098), "skin"),
     ("hair", 15, (0.0, 0.09, -0.015), (0.088, 0.105, 0.098), "hair"),
 )
-PART_NAMES = tuple(c[0] for c in _CAPSULES) + tuple(e[0] for e in _ELLIPSOIDS)
 _SKIN_TONES = ((255, 219, 172), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 36))
 
 

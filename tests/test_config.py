@@ -64,6 +64,11 @@ def test_unknown_key_in_yaml_file(tmp_path):
         load_config(p)
     with pytest.raises(InputError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+    p.write_text("data:\n  - a\n  - b\n")                  # a list where the data section goes, with --train given
+    with pytest.raises(InputError, match=r"c.yaml: config key 'data': expected a mapping .* got list"):
+        load_config(p, (), {"train": [{"name": "x", "paths": ["y"]}]})
+    with pytest.raises(InputError, match="'data'"):            # and without the CLI's data section
+        load_config(p)
 
 
 def test_invalid_combination_is_input_error():

@@ -12,7 +12,7 @@ the fractional epoch ``samples_seen / epoch_samples`` (:func:`trainer.train.get_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -156,7 +156,7 @@ def read_recipe(path) -> dict:
             v = [v]
         if not isinstance(v, list) or not v or not all(isinstance(p, str) for p in v):
             raise InputError(f"{path}: {what} needs 'shards' as a path or a list of paths")
-        return [str((path.parent / p).resolve()) if "://" not in p else p for p in v]
+        return [str((path.parent / p).resolve()) for p in v]
 
     train = []
     for i, e in enumerate(entries):
@@ -179,10 +179,11 @@ def load_config(config=None, overrides=(), data_section: dict | None = None) -> 
     """defaults <- YAML file ``config`` <- ``data_section`` (recipe / --train / --val) <- ``overrides`` ('a.b=v')."""
     data = read_yaml(preset_path(config)) if config else {}
     if data_section:
+        section = data.get("data") or {}
+        if not isinstance(section, dict):
+            raise InputError(f"{preset_path(config)}: config key 'data': expected a mapping of DataConfig fields, "
+                             f"got {type(section).__name__}")
         data = dict(data)
-        data["data"] = {**(data.get("data") or {}), **data_section}
+        data["data"] = {**section, **data_section}
     return config_from_dict(apply_overrides(data, overrides))
 
-
-def with_data(cfg: TrainConfig, **changes) -> TrainConfig:
-    return replace(cfg, data=replace(cfg.data, **changes))

@@ -20,9 +20,6 @@ from pipeline.errors import InputError
 
 __all__ = ["from_dict", "config_to_dict", "apply_overrides", "parse_override", "read_yaml", "dump_yaml"]
 
-_MISSING = object()
-
-
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -49,7 +49,7 @@ def recipe_shards(path: Path) -> list[Path]:
         ps = [ps] if isinstance(ps, str) else ps
         if not isinstance(ps, list) or not all(isinstance(p, str) for p in ps):
             raise InputError(f"{path}: evaluation shards must be a path or a list of paths, got {ps!r}")
-        out += [Path(p) if "://" in p else path.parent / p for p in ps]
+        out += [path.parent / p for p in ps]
     return out
 
 

@@ -37,10 +37,26 @@ class RunLogger:
             log.info("tensorboard is not installed (pip install tensorboard); logging to metrics.csv only")
 
     def _read_existing(self) -> list[dict]:
+        """Rows of an earlier metrics.csv (a resumed run appends to it). A log is not worth stopping a run for:
+        rows that do not parse (a torn last line, hand edits, binary junk) are dropped with one warning."""
         if not self.path.is_file():
             return []
-        with open(self.path, newline="") as f:
-            return [{k: _num(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+        rows, bad = [], 0
+        try:
+            with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
+                for r in csv.DictReader(f):
+                    try:
+                        row = {k: _num(v) for k, v in r.items() if v not in ("", None)}
+                        if None in row or not isinstance(row.get("step"), int):
+                            raise ValueError("no integer step")
+                        rows.append(row)
+                    except (ValueError, TypeError):
+                        bad += 1
+        except csv.Error as e:
+            log.warning("%s: unreadable after %d rows (%s); keeping those", self.path, len(rows), e)
+        if bad:
+            log.warning("%s: dropped %d damaged row(s); kept %d", self.path, bad, len(rows))
+        return rows
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after ``step`` (a run resumed from an earlier checkpoint logs them again)."""

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def _abs(paths) -> list[str]:
-    return [p if "://" in p else str(Path(p).expanduser().resolve()) for p in paths]
+    return [str(Path(p).expanduser().resolve()) for p in paths]
 
 
 FIXED_ON_RESUME = ("batch_size", "epoch_samples", "checkpoint_every_steps", "seed")

@@ -1,0 +1,30 @@
+"""trainer.logging_utils.RunLogger: metrics.csv survives resumes, including a damaged one."""
+from __future__ import annotations
+
+import logging
+
+from trainer.logging_utils import RunLogger
+
+
+def test_rows_round_trip_and_truncate(tmp_path):
+    a = RunLogger(tmp_path, use_tensorboard=False)
+    for step in (10, 20, 30):
+        a.log(step, {"train/total": step / 10, **({"val/mpjpe_mm": 99.5} if step == 20 else {})})
+    a.close()
+    b = RunLogger(tmp_path, use_tensorboard=False)
+    assert b.rows == [{"step": 10, "train/total": 1.0}, {"step": 20, "train/total": 2.0, "val/mpjpe_mm": 99.5},
+                      {"step": 30, "train/total": 3.0}]
+    b.truncate_after(20)
+    assert [r["step"] for r in b.rows] == [10, 20]
+
+
+def test_damaged_metrics_csv_keeps_the_good_rows_and_warns(tmp_path, caplog):
+    (tmp_path / "metrics.csv").write_bytes(
+        b"step,train/total\n10,1.0\n20,abc\n,3.0\n30,3.0,extra\n\xff\xfe,1\n40,4.0\n50,")   # torn last line
+    with caplog.at_level(logging.WARNING, logger="trainer.logging_utils"):
+        r = RunLogger(tmp_path, use_tensorboard=False)
+    assert r.rows == [{"step": 10, "train/total": 1.0}, {"step": 40, "train/total": 4.0}, {"step": 50}]
+    assert "dropped 4 damaged row(s); kept 3" in caplog.text and "metrics.csv" in caplog.text
+    r.truncate_after(45)
+    r.close()
+    assert (tmp_path / "metrics.csv").read_text() == "step,train/total\n10,1.0\n40,4.0\n"
