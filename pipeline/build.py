@@ -295,6 +295,16 @@ def backend_context(backend: str, scheduler: str | None):
     yield backend
 
 
+def _n_jobs(jobs: int, backend: str, n_tasks: int) -> int:
+    """joblib n_jobs: --jobs N as given (at most one per shard); -1 means this machine's cores for loky and
+    threading, but the whole cluster for dask and ray (joblib asks the scheduler for its worker count)."""
+    if jobs == 1:
+        return 1
+    if jobs < 0:
+        return -1 if backend in ("dask", "ray") else min(os.cpu_count() or 1, n_tasks)
+    return min(jobs, n_tasks)
+
+
 def _run_tasks(tasks, cfg: BuildConfig, out_dir: Path):
     """Yield sidecars as shards finish (any order)."""
     if not tasks:
@@ -303,7 +313,7 @@ def _run_tasks(tasks, cfg: BuildConfig, out_dir: Path):
     threads = cv2.getNumThreads()  # workers set 1; in-process (--jobs 1, threading) restore it afterwards
     try:
         with backend_context(cfg.backend, cfg.scheduler) as backend:
-            n_jobs = 1 if cfg.jobs == 1 else min(cfg.jobs if cfg.jobs > 0 else (os.cpu_count() or 1), len(tasks))
+            n_jobs = _n_jobs(cfg.jobs, backend, len(tasks))
             par = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")
             yield from par(delayed(build_shard)(t, cfg.opts, out_dir) for t in tasks)
     finally:

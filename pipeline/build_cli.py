@@ -36,7 +36,7 @@ def _parse_vars(items) -> dict:
 @click.option("--no-pr", is_flag=True, help="Ablation: no perspective rotation (R = I).")
 @click.option("--max-pr-angle", default=75.0, show_default=True, help="Reject samples whose PR angle exceeds this (deg).")
 @click.option("--jpeg-quality", default=95, show_default=True, type=click.IntRange(1, 100))
-@click.option("--jobs", default=-1, show_default=True, help="Parallel shard workers (-1: all cores).")
+@click.option("--jobs", default=-1, show_default=True, help="Parallel shard workers (-1: all cores; with dask or ray, all workers of the cluster).")
 @click.option("--backend", type=click.Choice(["loky", "threading", "dask", "ray"]), default="loky",
               show_default=True, help="joblib backend; dask / ray need the optional extras.")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Existing dask scheduler / ray cluster address.")

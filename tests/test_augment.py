@@ -120,11 +120,36 @@ def test_two_d_only_samples_follow_the_image():
         assert np.abs(found - out["uvd"][:, :2]).max() < 0.25
 
 
-def test_jitter_and_larger_built_crop_stay_exact():
+def test_two_d_only_labels_are_exactly_the_homography_of_the_stored_uv_then_the_flip():
+    rng = np.random.default_rng(14)
+    perm = list(get_skeleton(SKEL).flip_perm)
+    flips = 0
+    for i in range(16):
+        pr = bool(i % 2)
+        sample = _synthetic_sample(rng, pr=pr, has_3d=False)
+        out = augment_sample(sample, S, GEOM_ONLY, np.random.default_rng(200 + i))
+        H, K, _ = augmentation_homography(sample["arrays"]["K_crop"], S_STORE, S, out["params"])
+        uv = g.apply_homography(H, g.as_f64(sample["arrays"]["uvd"][:, :2]))
+        if out["flipped"]:
+            uv = np.stack([(S - 1) - uv[:, 0], uv[:, 1]], 1)[perm]
+            flips += 1
+        np.testing.assert_allclose(out["uvd"][:, :2], uv, atol=1e-9, rtol=0)
+        # the same sample with its 3D labels gives the same uv (up to the stored float32 uv)
+        three_d = _synthetic_sample(np.random.default_rng(0), pr=pr)
+        three_d["arrays"] = dict(three_d["arrays"], **{k: sample["arrays"][k] for k in ("K_crop", "R", "uvd")})
+        three_d["arrays"]["joints_rot"] = (g.rays_from_pixels(g.as_f64(sample["arrays"]["uvd"][:, :2]),
+                                                              sample["arrays"]["K_crop"], normalize=False) * 4.0)
+        out3 = augment_sample(three_d, S, GEOM_ONLY, np.random.default_rng(200 + i))
+        np.testing.assert_allclose(out3["uvd"][:, :2], out["uvd"][:, :2], atol=1e-6)
+    assert 3 <= flips <= 13
+
+
+@pytest.mark.parametrize("pr", [True, False])
+def test_jitter_and_larger_built_crop_stay_exact(pr):
     rng = np.random.default_rng(5)
     cfg = replace(GEOM_ONLY, jitter_px=0.5)
     for i in range(8):
-        sample = _synthetic_sample(rng, built_for=2 * S, store=2 * S_STORE)   # shards built for 2S: zoom 0.5
+        sample = _synthetic_sample(rng, pr=pr, built_for=2 * S, store=2 * S_STORE)   # built for 2S: zoom 0.5
         out = augment_sample(sample, S, cfg, np.random.default_rng(i))
         assert out["params"].tilt != (0.0, 0.0)
         found = _centroids(out["image"], out["uvd"][:, :2])

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from _builddata import bbox_of, dot_image, make_dataset, make_row, write
 from pipeline import geometry as g
-from pipeline.build import BuildConfig, build_shards, load_rows, plan_shards
+from pipeline.build import BuildConfig, _n_jobs, build_shards, load_rows, plan_shards
 from pipeline.cli import main
 from pipeline.fsutil import sha256_file
 from pipeline.shard import BuildOptions, decode_sample, iter_tar, load_image, process_row
@@ -302,3 +302,10 @@ def test_build_synthetic_renderer_output(tmp_path):
     rep = verify_dir(out, progress=False)
     assert rep.ok, rep.failures[:5]
     assert rep.samples >= 10
+
+
+def test_jobs_mean_cores_locally_and_the_cluster_for_dask_and_ray(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert [_n_jobs(-1, b, 100) for b in ("loky", "threading", "dask", "ray")] == [6, 6, -1, -1]
+    assert _n_jobs(-1, "loky", 4) == 4 and _n_jobs(8, "dask", 3) == 3 and _n_jobs(8, "loky", 50) == 8
+    assert _n_jobs(1, "ray", 50) == 1
