@@ -7,6 +7,7 @@ so they cannot disagree with the names. Human3.6M follows G. Moon's naming, whic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Mapping
 
@@ -32,7 +33,7 @@ class Skeleton:
     def num_joints(self) -> int:
         return len(self.joint_names)
 
-    @property
+    @cached_property                    # read per flipped training sample; a frozen dataclass still has a __dict__
     def flip_perm(self) -> tuple[int, ...]:
         """flip_perm[i] = index of the mirror joint of i (i itself for central joints)."""
         index = {n: i for i, n in enumerate(self.joint_names)}

@@ -110,6 +110,28 @@ def test_three_d_labels_match_homography_of_stored_uv():
                                    atol=1e-9)
 
 
+def test_homography_equals_the_general_crop_from_image_form():
+    rng = np.random.default_rng(15)
+    for i in range(50):
+        K = g.intrinsics(*rng.uniform(100, 400, 2), *rng.uniform(20, 140, 2))
+        params = GeometricParams(roll=rng.uniform(-0.6, 0.6), zoom=rng.uniform(0.7, 1.1),
+                                 tilt=(0.0, 0.0) if i % 2 else tuple(rng.uniform(-0.01, 0.01, 2)), flip=False)
+        base_zoom = 1.0 if i % 3 else 0.5
+        H, K_final, R_aug = augmentation_homography(K, S_STORE, S, params, base_zoom)
+        zoom = params.zoom * base_zoom
+        R_roll = g.rotation_about_z(params.roll)
+        ax, ay = params.tilt
+        Rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+        Ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+        c = (S - 1) / 2 + zoom * (R_roll[:2, :2] @ (K[:2, 2] - (S_STORE - 1) / 2))
+        K_ref = g.intrinsics(K[0, 0] * zoom, K[1, 1] * zoom, c[0], c[1])
+        H_ref = g.crop_from_image(K, Rx @ Ry @ R_roll, K_ref)
+        np.testing.assert_allclose(R_aug, Rx @ Ry @ R_roll, atol=1e-15)
+        np.testing.assert_allclose(K_final, K_ref, atol=1e-12)
+        uv = rng.uniform(0, S_STORE, (20, 2))
+        np.testing.assert_allclose(g.apply_homography(H, uv), g.apply_homography(H_ref, uv), atol=1e-12)
+
+
 def test_two_d_only_samples_follow_the_image():
     rng = np.random.default_rng(4)
     for i in range(10):
