@@ -6,11 +6,12 @@ straight to the S crop with the same augmentation, collate). Both routes decode 
 ratio.
 
 A third route adds what the official code does besides, per sample, for its SMPL-labelled datasets (3DPW, H36M,
-BEDLAM: method-reference §11-12): SMPL forward kinematics in float64 (24 joints and 6890 vertices, the H36M-17
-regressor, the tight projected-vertex box) and normalisation to float32 CHW in the loader worker. The shards
-store those labels, and our batches stay uint8 and are normalised on the device. The SMPL model is random with
-the official shapes (the licensed files are not needed to time it); the twists and height the official code
-also computes are left out, so this route is still a lower bound of the official cost.
+BEDLAM: HumanMesh.__getitem__ in its datasets/humanmesh.py, method-reference §11-12): the SMPL forward pass in
+float64 (24 joints, 6890 vertices, the H36M-17 regressor, the tight projected-vertex box), and the normalisation
+to float32 CHW in the loader worker (transform.py). The shards store those labels, and our batches stay uint8 and
+are normalised on the device. The SMPL model is random with the official shapes (the licensed files are not
+needed to time it). The official __getitem__ also computes the ortho twists and the rest-pose height (two more
+SMPL passes) and decodes an RLE mask; they are left out, so this route is a lower bound of the official cost.
 
 Everything is generated in a temporary directory: 1920x1080 JPEG q95 frames (built from the real H36M fixture
 frames when ../shared/fixtures/real is present, else a synthetic texture), manifest-like rows with 3D joints, and
