@@ -186,6 +186,17 @@ def run_shards(loader, n_batches: int) -> tuple[float, float]:
     return count[0] / wall, count[0] / cpu
 
 
+def run_workers(loader, n_batches: int) -> float:
+    """Samples per wall second through DataLoader workers, after the workers have started and filled the queue."""
+    it = iter(loader)
+    for _ in range(2 * loader.num_workers):
+        next(it)
+    t0, n = time.perf_counter(), 0
+    for _ in range(n_batches):
+        n += len(next(it)["sample_id"])
+    return n / (time.perf_counter() - t0)
+
+
 def run_on_the_fly(jpgs, rows, samples, crop, aug, n, batch, seed, layout, official=None) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
 
@@ -219,6 +230,7 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--no-malloc", action="store_true", help="leave glibc malloc thresholds at their defaults")
+    ap.add_argument("--max-workers", type=int, default=2, help="also time 1..N DataLoader workers (0: skip)")
     args = ap.parse_args()
     malloc = False if args.no_malloc else _set_malloc()
     cv2.setNumThreads(1)
@@ -266,6 +278,12 @@ def main() -> None:
                                            args.batch, r, layout, official))
             results[name] = [tuple(statistics.median(x[k] for x in rates) for k in (0, 1))
                              for rates in (shard, fly, full)]
+        workers = {}
+        for w in range(1, min(args.max_workers, os.cpu_count() or 1) + 1):
+            cfg = LoaderConfig(crop_size=args.crop, skeletons=SKELETONS, batch_size=args.batch, num_workers=w,
+                               shuffle_buffer=64, samples_per_epoch=10 ** 9, seed=0, augment=AugmentConfig())
+            workers[w] = run_workers(make_train_loader([DataSource("bench", (str(tmp / "shards"),))], cfg),
+                                     n_batches * w)
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (after the run); {time.strftime('%Y-%m-%d %H:%M')}")
         print(f"frames {W}x{H} JPEG q95 mean {np.mean([len(j) for j in jpgs]) / 1e3:.0f} KB "
@@ -285,6 +303,12 @@ def main() -> None:
                   f"**{sc / fc:.1f}x** faster |")
             print(f"| {name} | on the fly as the official code: + SMPL labels + float normalisation | {ow:.0f} | "
                   f"{oc:.0f} | **{sc / oc:.1f}x** faster |")
+        if workers:
+            print("\nshard loader through torch DataLoader worker processes (full reference chain, wall clock; the "
+                  "main process only receives batches):")
+            print("| workers | samples/s | vs 1 worker |\n|---|---|---|")
+            for w, rate in workers.items():
+                print(f"| {w} | {rate:.0f} | {rate / workers[1]:.2f}x |")
 
 
 if __name__ == "__main__":

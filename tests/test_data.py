@@ -20,7 +20,8 @@ from pipeline.shard import (FORMAT_VERSION, BuildOptions, decode_sample, encode_
                             process_row, write_tar)
 from pipeline.skeleton import get_skeleton, joint_slices
 from trainer.augment import AugmentConfig
-from trainer.data import DataSource, LoaderConfig, make_eval_loader, make_train_loader, resolve_shards
+from trainer.data import (DataSource, LoaderConfig, make_eval_loader, make_train_loader, pack_batch, resolve_shards,
+                          unpack_batch)
 
 S = 64
 OPTS = BuildOptions(crop_size=S, context=1.25)          # stored crops 80 x 80
@@ -141,6 +142,31 @@ def test_train_loader_with_two_workers_is_seeded_and_epochs_differ(sets):
     loader.set_epoch(1)
     run3 = [b for b in loader]
     assert [b["sample_id"] for b in run3] != [b["sample_id"] for b in run1]
+
+
+def _assert_same_batches(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert sorted(x) == sorted(y)
+        for k, v in x.items():
+            if isinstance(v, torch.Tensor):
+                assert v.dtype == y[k].dtype and v.shape == y[k].shape and torch.equal(v, y[k]), k
+                assert y[k].is_contiguous() or k == "image", k      # image: channels_last view, as in-process
+            else:
+                assert v == y[k], k
+
+
+def test_batches_from_a_worker_process_equal_the_in_process_ones(sets):
+    """Workers send the small tensors packed into one (pack_batch); the consumer sees the same contract."""
+    src = [DataSource("alpha", (str(sets["alpha"]),), 1.0), DataSource("beta", (str(sets["beta"]),), 1.0)]
+    in_process = list(make_train_loader(src, _cfg(samples_per_epoch=32)))
+    _assert_same_batches(in_process, list(make_train_loader(src, _cfg(samples_per_epoch=32, num_workers=1))))
+    packed = pack_batch(dict(in_process[0]))
+    assert [k for k, v in packed.items() if isinstance(v, torch.Tensor)] == ["image", "_packed"]
+    _assert_same_batches(in_process[:1], [unpack_batch(packed)])
+    one = sorted(sets["alpha"].glob("*.tar"))[:1]
+    _assert_same_batches(list(make_eval_loader(one, _cfg(batch_size=3))),
+                         list(make_eval_loader(one, _cfg(batch_size=3, num_workers=1))))
 
 
 def _ids_in_file_order(d: Path) -> list[str]:
