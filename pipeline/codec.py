@@ -3,7 +3,9 @@
 JPEG decoding uses simplejpeg (libjpeg-turbo) when it is installed: on this project's stored 320² crops it is
 bit-identical to ``cv2.imdecode`` and about 30 % faster (scripts/bench_loader.py prints both), and the stored
 crop's decode is the largest single cost of the training loader. cv2 remains the fallback and reads anything
-simplejpeg refuses (a PNG saved under .jpg, a CMYK JPEG).
+simplejpeg refuses (a PNG saved under .jpg, a CMYK JPEG). Dataset frames are read with cv2 (shard.load_image):
+cv2 applies a JPEG's EXIF orientation and simplejpeg does not, and the labels refer to the oriented image; the
+stored crops are our own JPEGs without EXIF.
 
 ``np.load`` on a sample's .npz costs ~0.3 ms per array (zipfile + an ``ast.literal_eval`` of every .npy header),
 more than decoding the stored JPEG. :func:`npz_bytes` stores the arrays uncompressed with fixed headers, so
