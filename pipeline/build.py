@@ -27,9 +27,7 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ import pyarrow.parquet as pq
 from .errors import InputError
 from .fsutil import atomic_path, atomic_write_text, sha256_file
 from .manifest import REJECTED_SCHEMA, image_root_of, read_manifest
+from .provenance import software_versions
 from .shard import FORMAT_VERSION, BuildOptions, Rejected, encode_sample, process_row, sample_key, \
     write_tar
 
@@ -377,17 +376,6 @@ def build_shards(manifests, out_dir, cfg: BuildConfig = BuildConfig(), progress:
     return BuildResult(out_dir, shards, index_rows, rejected, reused, elapsed, info)
 
 
-def library_versions() -> dict:
-    import joblib
-    try:
-        import webdataset
-        wds = getattr(webdataset, "__version__", "unknown")
-    except ImportError:
-        wds = "not installed"
-    return {"python": platform.python_version(), "numpy": np.__version__, "cv2": cv2.__version__,
-            "pyarrow": pa.__version__, "joblib": joblib.__version__, "webdataset": wds, "platform": sys.platform}
-
-
 def _build_json(cfg, infos, ordered, index_rows, rejected, reused, built, processed, build_s, elapsed) -> dict:
     total_bytes = sum(s["bytes"] for s in ordered)
     return {
@@ -395,7 +383,7 @@ def _build_json(cfg, infos, ordered, index_rows, rejected, reused, built, proces
         "options": {"shard_size": cfg.shard_size, "prefix": cfg.prefix, **dataclasses.asdict(cfg.opts),
                     "store_size": cfg.opts.store_size},
         "run": {"jobs": cfg.jobs, "backend": cfg.backend},
-        "versions": library_versions(),
+        "versions": software_versions(("numpy", "cv2", "pyarrow", "joblib", "webdataset", "simplejpeg")),
         "manifests": infos,
         "counts": {"planned": sum(i["rows"] for i in infos), "written": len(index_rows), "rejected": len(rejected),
                    "shards": len(ordered), "shards_reused": reused, "shards_built": built},

@@ -278,6 +278,7 @@ def test_cli_end_to_end(built, tmp_path):
     assert "MPJPE" in r.output and "h36m14" in r.output
     rep = json.loads((tmp_path / "rep/report.json").read_text())
     assert rep["checkpoint"]["step"] == 5 and len(rep["checkpoint"]["sha256"]) == 64
+    assert rep["versions"]["torch"] == str(torch.__version__) and "perspose" in rep["versions"]
     assert rep["counts"]["evaluated"] == 12 and rep["options"]["flip_test"] is True
     assert len(rep["shards"]) == 2 and set(rep["protocols"]) == {"h36m14", "3dhp17", "smpl24"}
     assert all(np.isfinite(d["mpjpe_mm"]) and d["mpjpe_mm"] > 0 for d in rep["metrics"]["datasets"])

@@ -18,14 +18,13 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import click
 
 from pipeline.errors import InputError, InputErrorCommand
+from pipeline.provenance import software_versions
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +79,6 @@ def build_from_checkpoint(ck: dict, path: Path, device):
     except RuntimeError as e:
         raise InputError(f"{path}: weights do not fit the model config ({str(e).splitlines()[0][:200]})") from None
     return model.to(device).eval(), cfg
-
-
-def _versions() -> dict:
-    import numpy
-    import torch
-
-    try:
-        from importlib.metadata import version
-        pkg = version("perspose")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        pkg = "unknown"
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, timeout=5,
-                             capture_output=True, text=True).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {"perspose": pkg, "git_sha": sha, "python": platform.python_version(), "torch": str(torch.__version__),
-            "numpy": numpy.__version__}
 
 
 def _count_from_index(paths: list[Path]) -> int | None:
@@ -200,7 +181,7 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
                                                           key=lambda p: p.name)},
         "counts": res["counts"], "seconds": round(seconds, 3),
         "samples_per_second": round(res["counts"]["evaluated"] / max(seconds, 1e-9), 2),
-        "versions": _versions(), "metrics": summary,
+        "versions": software_versions(("torch", "numpy", "cv2", "simplejpeg")), "metrics": summary,
     }
     files = write_report(out_dir, report, rec)
     print_table(TABLE_HEADERS, table_rows(summary["datasets"]), title=f"perspose-eval: {ckpt_path.name}")
