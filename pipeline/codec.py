@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import re
 import struct
-import zipfile
+import zlib
 from functools import lru_cache
 
 import cv2
@@ -34,6 +34,10 @@ __all__ = ["encode_jpeg", "decode_jpeg_rgb", "npz_bytes", "read_npz"]
 
 _HEADER = re.compile(r"\{'descr': '([<>|=]?[biuf]\d+)', 'fortran_order': (False|True), 'shape': \(([\d, ]*)\), *\}")
 _LOCAL = struct.Struct("<HHHHIIIHH")      # zip local file header after the 4-byte signature and version
+_ZIP_LOCAL = struct.Struct("<4sHHHHHIIIHH")
+_ZIP_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
+_ZIP_END = struct.Struct("<4sHHHHIIH")
+_DOS_1980 = (0 << 9) | (1 << 5) | 1        # MS-DOS date 1980-01-01 (time 00:00:00 is 0)
 
 
 # ------------------------------------------------------------------------------------------- JPEG
@@ -63,17 +67,31 @@ def decode_jpeg_rgb(data: bytes, rgbx: bool = False) -> np.ndarray | None:
 
 # ------------------------------------------------------------------------------------------- npz
 def npz_bytes(arrays: dict) -> bytes:
-    """Deterministic .npz (np.savez stamps the current time into the zip): fixed dates, stored, sorted names."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name in sorted(arrays):
-            arr = io.BytesIO()
-            a = np.asarray(arrays[name])
-            np.lib.format.write_array(arr, a if a.flags.c_contiguous else np.ascontiguousarray(a), allow_pickle=False)
-            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, arr.getvalue())
-    return buf.getvalue()
+    """Deterministic .npz (np.savez stamps the current time into the zip): stored, sorted names, dates 1980-01-01.
+
+    Written directly rather than through zipfile + np.lib.format.write_array, which cost ~0.5 ms per sample of a
+    dozen arrays; the bytes are exactly those zipfile writes for ``ZipInfo(name, (1980, 1, 1, 0, 0, 0))`` with
+    mode 0644 (tested), so np.load and :func:`read_npz` read them. Object arrays are refused (no pickles)."""
+    parts, central, offset = [], [], 0
+    for name in sorted(arrays):
+        a = np.asarray(arrays[name])
+        if a.dtype.hasobject:
+            raise ValueError(f"npz array {name!r}: object arrays would need pickle")
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
+        payload = head.getvalue() + a.tobytes()
+        fname = (name + ".npy").encode("ascii")
+        crc, n = zlib.crc32(payload), len(payload)
+        local = _ZIP_LOCAL.pack(b"PK\x03\x04", 20, 0, 0, 0, _DOS_1980, crc, n, n, len(fname), 0) + fname
+        central.append(_ZIP_CENTRAL.pack(b"PK\x01\x02", 0x0314, 20, 0, 0, 0, _DOS_1980, crc, n, n, len(fname),
+                                         0, 0, 0, 0, 0o644 << 16, offset) + fname)
+        parts += [local, payload]
+        offset += len(local) + n
+    cd = b"".join(central)
+    end = _ZIP_END.pack(b"PK\x05\x06", 0, 0, len(central), len(central), len(cd), offset, 0)
+    return b"".join(parts) + cd + end
 
 
 @lru_cache(maxsize=4096)

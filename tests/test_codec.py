@@ -1,6 +1,8 @@
 """pipeline.codec: the JPEG decoders agree bit for bit, RGBX is RGB plus 255, odd inputs still decode."""
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -41,3 +43,35 @@ def test_png_bytes_and_garbage():
     png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()
     assert np.array_equal(decode_jpeg_rgb(png), img)        # simplejpeg refuses it; cv2 reads it exactly
     assert decode_jpeg_rgb(b"not an image") is None
+
+
+def _zipfile_npz(arrays: dict) -> bytes:
+    """The previous writer (zipfile + np.lib.format.write_array), as the reference for the bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            arr = io.BytesIO()
+            a = np.asarray(arrays[name])
+            np.lib.format.write_array(arr, a if a.flags.c_contiguous else np.ascontiguousarray(a), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, arr.getvalue())
+    return buf.getvalue()
+
+
+def test_npz_bytes_are_exactly_zipfiles_and_round_trip():
+    rng = np.random.default_rng(3)
+    arrays = {"K_crop": rng.normal(size=(3, 3)), "uvd": rng.normal(size=(17, 3)).astype(np.float32),
+              "scale": np.float64(0.0123), "vis": rng.integers(0, 2, 17).astype(np.uint8), "dist": np.zeros(0),
+              "f": np.asfortranarray(rng.normal(size=(4, 5))), "i": np.arange(7, dtype=np.int64),
+              "b": np.array([True, False]), "big": rng.normal(size=(6890, 3)), "s": np.int32(5)}
+    blob = codec.npz_bytes(arrays)
+    assert blob == _zipfile_npz(arrays)
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        assert sorted(z.files) == sorted(arrays)
+        for k, v in arrays.items():
+            assert np.array_equal(z[k], v) and z[k].dtype == np.asarray(v).dtype
+    fast = codec.read_npz(blob)
+    assert all(np.array_equal(fast[k], v) for k, v in arrays.items())
+    with pytest.raises(ValueError, match="object"):
+        codec.npz_bytes({"o": np.array([object()])})
