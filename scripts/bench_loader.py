@@ -41,7 +41,8 @@ from pipeline.codec import decode_jpeg_rgb
 from pipeline.shard import BuildOptions, encode_sample, process_row, write_tar
 from pipeline.skeleton import get_skeleton, joint_slices
 from trainer.augment import AugmentConfig, augmentation_homography, sample_geometric
-from trainer.data import DataSource, LoaderConfig, collate, make_train_loader
+from trainer.batch import collate
+from trainer.data import DataSource, LoaderConfig, make_train_loader
 from trainer.photometric import cutout, photometric
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real" / "h36m"

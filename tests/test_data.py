@@ -20,8 +20,8 @@ from pipeline.shard import (FORMAT_VERSION, BuildOptions, decode_sample, encode_
                             process_row, write_tar)
 from pipeline.skeleton import get_skeleton, joint_slices
 from trainer.augment import AugmentConfig
-from trainer.data import (DataSource, LoaderConfig, make_eval_loader, make_train_loader, pack_batch, resolve_shards,
-                          unpack_batch)
+from trainer.batch import pack_batch, unpack_batch
+from trainer.data import DataSource, LoaderConfig, make_eval_loader, make_train_loader, resolve_shards
 
 S = 64
 OPTS = BuildOptions(crop_size=S, context=1.25)          # stored crops 80 x 80
