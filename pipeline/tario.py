@@ -9,12 +9,13 @@ truncated member, two members with the same name in one sample) raises :class:`S
 ``tarfile.ReadError``, so callers' ``except tarfile.TarError`` handling applies unchanged.
 
 Keys follow webdataset's rule: the key is the member path up to the first dot of its file name, the extension
-is the rest (``dir/abc.seg.png`` -> key ``dir/abc``, extension ``seg.png``); consecutive members with the same
-key form one sample.
+is the rest, lower-cased (``dir/abc.seg.PNG`` -> key ``dir/abc``, extension ``seg.png``); consecutive members
+with the same key form one sample; members without an extension belong to none.
 """
 from __future__ import annotations
 
 import logging
+import os
 import tarfile
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -78,25 +79,39 @@ def _read_exact(f: BinaryIO, n: int, where, what: str) -> bytes:
     return data
 
 
-def iter_members(f: BinaryIO, where="tar") -> Iterator[tuple[str, bytes]]:
-    """(name, data) of every regular file of a tar stream, in order. ``where`` names the stream in errors."""
+def iter_members(f: BinaryIO, where="tar", read_data: bool = True) -> Iterator[tuple[str, bytes | None]]:
+    """(name, data) of every regular file of a tar stream, in order; data is None with ``read_data=False`` (the
+    member is skipped by seeking). ``where`` names the stream in errors."""
     pax: dict[str, str] = {}
     long_name = None
     while True:
         hdr = f.read(_BLOCK)
         if not hdr or hdr == _ZERO:                      # end of archive (missing end blocks are tolerated)
+            if not read_data and _past_end(f):
+                raise ShardFormatError(f"{where}: truncated tar (member data)")
             return
         if len(hdr) < _BLOCK:
             raise ShardFormatError(f"{where}: truncated tar (header)")
         if not _checksum_ok(hdr, _number(hdr[148:156], "checksum", where)):
             raise ShardFormatError(f"{where}: bad tar header checksum (a damaged or non-tar file)")
-        size = int(pax["size"]) if "size" in pax else _number(hdr[124:136], "size", where)
+        if "size" in pax:                                # the checksum does not cover pax data
+            try:
+                size = int(pax["size"])
+            except ValueError:
+                raise ShardFormatError(f"{where}: bad pax size record {pax['size']!r}") from None
+        else:
+            size = _number(hdr[124:136], "size", where)
+        if size < 0:
+            raise ShardFormatError(f"{where}: negative member size in a tar header")
         typ = hdr[156:157]
-        padding = -size % _BLOCK
-        data = _read_exact(f, size, where, "member data")
-        if padding:
-            _read_exact(f, padding, where, "padding")
-        if typ in _REGULAR:
+        regular = typ in _REGULAR and not (typ == b"\0" and hdr[:100].split(b"\0", 1)[0].endswith(b"/"))
+        padded = size + (-size % _BLOCK)
+        if typ in (b"x", b"L") or (regular and read_data):
+            data = _read_exact(f, padded, where, "member data")[:size] if padded != size else \
+                _read_exact(f, size, where, "member data")
+        else:
+            data = _skip(f, padded, where)
+        if regular:
             if "path" in pax:
                 name = pax["path"]
             elif long_name is not None:
@@ -111,30 +126,53 @@ def iter_members(f: BinaryIO, where="tar") -> Iterator[tuple[str, bytes]]:
             pax = _pax_records(data, where)
         elif typ == b"L":                                # GNU long name of the next member
             long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        elif typ != b"g":                                # directories, links, ...: skipped; a global
-            pax, long_name = {}, None                    # pax header does not consume the pending name
+        elif typ != b"g":                                # directories (also old-style: type 0 and a trailing
+            pax, long_name = {}, None                    # '/'), links, ...: skipped; a global pax header does
+                                                         # not consume the pending name
 
 
-def _split_key(name: str) -> tuple[str, str]:
+def _skip(f: BinaryIO, n: int, where) -> None:
+    """Skip n bytes: seek where the stream can (an overshoot is caught at the end by :func:`_past_end`)."""
+    try:
+        f.seek(n, 1)
+    except (OSError, ValueError, AttributeError):        # a pipe: read and drop
+        _read_exact(f, n, where, "member data")
+
+
+def _past_end(f: BinaryIO) -> bool:
+    try:
+        return f.tell() > os.fstat(f.fileno()).st_size
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _split_key(name: str) -> tuple[str, str] | None:
+    """webdataset's base_plus_ext: (path up to the first dot of the file name, the rest lower-cased), or None
+    for a file name without a dot (such members belong to no sample)."""
     slash = name.rfind("/") + 1
     dot = name.find(".", slash)
-    if dot < 0:
-        return name, ""
-    return name[:dot], name[dot + 1:]
+    if dot <= slash:
+        return None
+    return name[:dot], name[dot + 1:].lower()
 
 
 def group_samples(members: Iterable[tuple[str, bytes]], where="tar") -> Iterator[dict]:
-    """(name, data) pairs -> {'__key__', ext: bytes} per run of members with the same key."""
+    """(name, data) pairs -> {'__key__', ext: bytes} per run of members with the same key. A member whose
+    extension the current sample already has starts a new sample with the same key (logged: two sample ids that
+    map to one key), as newer webdataset versions do; members without an extension are skipped."""
     cur = None
     for name, data in members:
-        key, ext = _split_key(name)
-        if cur is not None and cur["__key__"] != key:
+        split = _split_key(name)
+        if split is None:
+            continue
+        key, ext = split
+        if cur is not None and (cur["__key__"] != key or ext in cur):
+            if cur["__key__"] == key:
+                log.warning("%s: member %s repeats in sample %s; starting a new sample", where, name, key)
             yield cur
             cur = None
         if cur is None:
             cur = {"__key__": key}
-        if ext in cur:
-            raise ShardFormatError(f"{where}: member {name} appears twice in a row (two samples share a key)")
         cur[ext] = data
     if cur is not None:
         yield cur
@@ -147,8 +185,9 @@ def iter_tar(path) -> Iterator[dict]:
 
 
 def count_samples(path) -> int:
-    """Samples (keys with a .json member) in a shard file; reads headers and data once."""
-    return sum(1 for s in iter_tar(path) if "json" in s)
+    """Samples (keys with a .json member) in a shard file; reads the headers only."""
+    with open(path, "rb") as f:
+        return sum(1 for s in group_samples(iter_members(f, path, read_data=False), path) if "json" in s)
 
 
 def tar_samples(src: Iterable[dict], on_error: str = "warn") -> Iterator[dict]:
@@ -161,7 +200,7 @@ def tar_samples(src: Iterable[dict], on_error: str = "warn") -> Iterator[dict]:
             for sample in iter_tar(url):
                 sample["__url__"] = url
                 yield sample
-        except (OSError, tarfile.TarError) as e:
+        except (OSError, tarfile.TarError, ValueError) as e:
             if on_error == "raise":
                 raise
             log.warning("%s: leaving the rest of this shard: %s", Path(url).name, e)

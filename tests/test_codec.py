@@ -75,3 +75,6 @@ def test_npz_bytes_are_exactly_zipfiles_and_round_trip():
     assert all(np.array_equal(fast[k], v) for k, v in arrays.items())
     with pytest.raises(ValueError, match="object"):
         codec.npz_bytes({"o": np.array([object()])})
+    first_member = 30 + len("K_crop.npy") + 128 + 9 * 8           # local header + name + npy header + data
+    with pytest.raises((zipfile.BadZipFile, ValueError, OSError)):  # cut at a member boundary: no directory
+        codec.read_npz(codec.npz_bytes({"K_crop": arrays["K_crop"], "uvd": arrays["uvd"]})[:first_member])

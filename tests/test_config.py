@@ -69,6 +69,11 @@ def test_unknown_key_in_yaml_file(tmp_path):
         load_config(p, (), {"train": [{"name": "x", "paths": ["y"]}]})
     with pytest.raises(InputError, match="'data'"):            # and without the CLI's data section
         load_config(p)
+    for empty in ("data:\n", "data: []\n", "data: 0\n"):     # the same with and without --train
+        p.write_text(empty)
+        for section in (None, {"train": [{"name": "x", "paths": ["y"]}]}):
+            with pytest.raises(InputError, match="'data'"):
+                load_config(p, (), section)
 
 
 def test_invalid_combination_is_input_error():

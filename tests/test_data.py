@@ -163,6 +163,8 @@ def test_batches_from_a_worker_process_equal_the_in_process_ones(sets):
     _assert_same_batches(in_process, list(make_train_loader(src, _cfg(samples_per_epoch=32, num_workers=1))))
     packed = pack_batch(dict(in_process[0]))
     assert [k for k, v in packed.items() if isinstance(v, torch.Tensor)] == ["image", "_packed"]
+    _assert_same_batches(in_process[:1], [unpack_batch(dict(packed))])
+    packed["_layout"] = [[k, list(shape)] for k, shape in packed["_layout"]]   # what older torch pin_memory makes
     _assert_same_batches(in_process[:1], [unpack_batch(packed)])
     one = sorted(sets["alpha"].glob("*.tar"))[:1]
     _assert_same_batches(list(make_eval_loader(one, _cfg(batch_size=3))),

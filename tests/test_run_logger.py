@@ -23,8 +23,10 @@ def test_damaged_metrics_csv_keeps_the_good_rows_and_warns(tmp_path, caplog):
         b"step,train/total\n10,1.0\n20,abc\n,3.0\n30,3.0,extra\n\xff\xfe,1\n40,4.0\n50,")   # torn last line
     with caplog.at_level(logging.WARNING, logger="trainer.logging_utils"):
         r = RunLogger(tmp_path, use_tensorboard=False)
-    assert r.rows == [{"step": 10, "train/total": 1.0}, {"step": 40, "train/total": 4.0}, {"step": 50}]
-    assert "dropped 4 damaged row(s); kept 3" in caplog.text and "metrics.csv" in caplog.text
+    assert r.rows == [{"step": 10, "train/total": 1.0}, {"step": 40, "train/total": 4.0}]   # "50," is torn
+    assert "dropped 5 damaged row(s); kept 2" in caplog.text and "metrics.csv" in caplog.text
     r.truncate_after(45)
     r.close()
     assert (tmp_path / "metrics.csv").read_text() == "step,train/total\n10,1.0\n40,4.0\n"
+    (tmp_path / "metrics.csv").write_text("step,train/total\n10,1.0\n30,3.0\n4")       # cut after one byte
+    assert [x["step"] for x in RunLogger(tmp_path, use_tensorboard=False).rows] == [10, 30]

@@ -41,12 +41,30 @@ def test_members_match_tarfile_for_every_header_form(fmt):
     assert list(iter_members(io.BytesIO(blob))) == _tarfile_members(blob)
 
 
-def test_samples_group_by_webdataset_keys(tmp_path):
-    members = [("dir.v1/s0.jpg", b"1"), ("dir.v1/s0.seg.png", b"2"), ("dir.v1/s1.jpg", b"3"), ("s2", b"4")]
+def test_samples_group_by_webdataset_keys(caplog):
+    members = [("dir.v1/s0.jpg", b"1"), ("dir.v1/s0.seg.PNG", b"2"), ("dir.v1/s1.jpg", b"3"), ("README", b"4"),
+               ("dir/.hidden", b"5"), ("s2.jpg", b"6")]
     assert list(group_samples(members)) == [{"__key__": "dir.v1/s0", "jpg": b"1", "seg.png": b"2"},
-                                            {"__key__": "dir.v1/s1", "jpg": b"3"}, {"__key__": "s2", "": b"4"}]
-    with pytest.raises(ShardFormatError, match="appears twice"):
-        list(group_samples([("s0.jpg", b"1"), ("s0.jpg", b"2")], "x.tar"))
+                                            {"__key__": "dir.v1/s1", "jpg": b"3"}, {"__key__": "s2", "jpg": b"6"}]
+    with caplog.at_level(logging.WARNING, logger="pipeline.tario"):           # two ids that map to one key
+        out = list(group_samples([("s0.jpg", b"1"), ("s0.json", b"j"), ("s0.jpg", b"2"), ("s1.jpg", b"3")], "x.tar"))
+    assert out == [{"__key__": "s0", "jpg": b"1", "json": b"j"}, {"__key__": "s0", "jpg": b"2"},
+                   {"__key__": "s1", "jpg": b"3"}]
+    assert "x.tar: member s0.jpg repeats in sample s0" in caplog.text
+
+
+def test_old_style_directory_entries_are_not_members():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        _add(tf, "a.jpg", b"x")
+    blob = bytearray(buf.getvalue())
+    v7 = tarfile.TarInfo("olddir/")                           # a V7 directory: type '\0' and a trailing slash
+    hdr = bytearray(v7.tobuf(tarfile.USTAR_FORMAT))
+    hdr[156:157] = b"\0"
+    hdr[148:156] = b" " * 8
+    hdr[148:155] = f"{sum(hdr):06o}\0".encode()
+    blob = bytes(hdr) + bytes(blob)
+    assert list(iter_members(io.BytesIO(blob))) == [("a.jpg", b"x")] == _tarfile_members(blob)
 
 
 def _shard(path, n: int) -> bytes:
@@ -58,7 +76,10 @@ def _shard(path, n: int) -> bytes:
 
 
 def test_iter_tar_and_count(tmp_path):
-    _shard(tmp_path / "a.tar", 5)
+    blob = _shard(tmp_path / "a.tar", 5)
+    (tmp_path / "cut.tar").write_bytes(blob[:512 * 29 + 100])   # the last member's data is cut short
+    with pytest.raises(ShardFormatError, match="cut.tar: truncated"):
+        count_samples(tmp_path / "cut.tar")                   # even though counting seeks over the data
     samples = list(iter_tar(tmp_path / "a.tar"))
     assert [s["__key__"] for s in samples] == [f"s{i:03d}" for i in range(5)]
     assert samples[3] == {"__key__": "s003", "jpg": b"jpg3" * 100, "json": b"json3" * 100, "npz": b"npz3" * 100}
@@ -72,7 +93,8 @@ def test_missing_end_blocks_are_tolerated(tmp_path):
     assert count_samples(tmp_path / "cut.tar") == 3
 
 
-@pytest.mark.parametrize("damage", ["truncated data", "truncated header", "bad checksum", "not a tar"])
+@pytest.mark.parametrize("damage", ["truncated data", "truncated header", "bad checksum", "not a tar",
+                                    "bad pax size"])
 def test_damage_is_a_tar_error_naming_the_file(tmp_path, damage):
     blob = _shard(tmp_path / "a.tar", 3)
     bad = tmp_path / "bad.tar"
@@ -84,13 +106,18 @@ def test_damage_is_a_tar_error_naming_the_file(tmp_path, damage):
         b = bytearray(blob)
         b[512 * 4 + 10] ^= 0x20                               # a name byte of a later header
         bad.write_bytes(bytes(b))
+    elif damage == "bad pax size":                            # pax data is not covered by the checksum
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            _add(tf, "s000.jpg", b"x" * 10, pax_headers={"size": "10"})
+        bad.write_bytes(buf.getvalue().replace(b"size=10", b"size=1z"))
     else:
         bad.write_bytes(b"PK\x03\x04" + b"\x01" * 2000)
     with pytest.raises(tarfile.TarError, match="bad.tar") as e:
         list(iter_tar(bad))
     assert isinstance(e.value, ShardFormatError)
-    if damage in ("truncated header", "bad checksum"):        # tarfile silently ends the archive there
-        return
+    if damage in ("truncated header", "bad checksum", "bad pax size"):   # tarfile ends the archive there (or
+        return                                                          # raises a ValueError of its own)
     with pytest.raises(tarfile.ReadError):                    # tarfile agrees that the file is damaged
         with tarfile.open(bad) as tf:
             [tf.extractfile(m).read() for m in tf if m.isfile()]

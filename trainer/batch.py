@@ -62,10 +62,12 @@ def unpack_batch(batch: dict) -> dict:
     if "_packed" not in batch:
         return batch
     blob, layout = batch.pop("_packed"), batch.pop("_layout")
-    B, o = blob.shape[0], 0
+    B, o, pinned = blob.shape[0], 0, blob.is_pinned()
     for (k, shape), (_, dtype) in zip(layout, _SMALL):
+        shape = tuple(shape)          # torch < 2.10's pin_memory turns the layout's tuples into lists
         n = int(np.prod(shape)) if shape else 1
-        batch[k] = blob[:, o:o + n].reshape((B,) + shape).to(dtype).contiguous()
+        t = blob[:, o:o + n].reshape((B,) + shape).to(dtype).contiguous()
+        batch[k] = t.pin_memory() if pinned and not t.is_pinned() else t   # keep non_blocking copies async
         o += n
     return batch
 

@@ -179,7 +179,7 @@ def load_config(config=None, overrides=(), data_section: dict | None = None) -> 
     """defaults <- YAML file ``config`` <- ``data_section`` (recipe / --train / --val) <- ``overrides`` ('a.b=v')."""
     data = read_yaml(preset_path(config)) if config else {}
     if data_section:
-        section = data.get("data") or {}
+        section = data.get("data", {})
         if not isinstance(section, dict):
             raise InputError(f"{preset_path(config)}: config key 'data': expected a mapping of DataConfig fields, "
                              f"got {type(section).__name__}")

@@ -5,6 +5,7 @@ nothing (rank gating by a helper, never by patching ``print``).
 from __future__ import annotations
 
 import csv
+import io
 import importlib.util
 import logging
 import os
@@ -42,16 +43,18 @@ class RunLogger:
         if not self.path.is_file():
             return []
         rows, bad = [], 0
+        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        if text and not text.endswith("\n"):             # a torn last line (the run died mid-write)
+            text, bad = text[:text.rfind("\n") + 1], 1
         try:
-            with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
-                for r in csv.DictReader(f):
-                    try:
-                        row = {k: _num(v) for k, v in r.items() if v not in ("", None)}
-                        if None in row or not isinstance(row.get("step"), int):
-                            raise ValueError("no integer step")
-                        rows.append(row)
-                    except (ValueError, TypeError):
-                        bad += 1
+            for r in csv.DictReader(io.StringIO(text, newline="")):
+                try:
+                    row = {k: _num(v) for k, v in r.items() if v not in ("", None)}
+                    if None in row or not isinstance(row.get("step"), int):
+                        raise ValueError("no integer step")
+                    rows.append(row)
+                except (ValueError, TypeError):
+                    bad += 1
         except csv.Error as e:
             log.warning("%s: unreadable after %d rows (%s); keeping those", self.path, len(rows), e)
         if bad:
