@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
+from pipeline.errors import InputError
 from trainer.logging_utils import RunLogger
 
 
@@ -30,3 +33,13 @@ def test_damaged_metrics_csv_keeps_the_good_rows_and_warns(tmp_path, caplog):
     assert (tmp_path / "metrics.csv").read_text() == "step,train/total\n10,1.0\n40,4.0\n"
     (tmp_path / "metrics.csv").write_text("step,train/total\n10,1.0\n30,3.0\n4")       # cut after one byte
     assert [x["step"] for x in RunLogger(tmp_path, use_tensorboard=False).rows] == [10, 30]
+
+
+def test_unreadable_metrics_csv_is_a_one_line_error(tmp_path, monkeypatch):
+    (tmp_path / "metrics.csv").write_text("step\n1\n")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr("pathlib.Path.read_bytes", refuse)
+    with pytest.raises(InputError, match=r"metrics.csv: cannot read the run's metrics.csv \(Permission denied\)"):
+        RunLogger(tmp_path, use_tensorboard=False)

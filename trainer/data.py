@@ -6,7 +6,7 @@ Training stream (:func:`make_train_loader`): per source a ``wds.DataPipeline`` o
 (deterministic, seeded by (seed, epoch, rank, worker): ``wds.WebDataset(resampled=True)`` seeds its resampler
 from the pid and the clock, which would make runs irreproducible), ``wds.split_by_node``, ``wds.split_by_worker``,
 tar reading by :func:`pipeline.tario.tar_samples` (a failing shard is logged and left, like webdataset's
-``warn_and_continue``, at a third of the cost of its ``tarfile``-based reader) and a seeded sample shuffle
+``warn_and_continue``, at a fifth of the cost of its ``tarfile``-based reader) and a seeded sample shuffle
 buffer; the sources are mixed per sample by a seeded ``np.random.Generator`` with the normalised ratios. Only
 the jpg/npz/json members are decoded, by :func:`pipeline.shard.decode_sample` (the webdataset default decoders
 unpickle). An epoch is ``samples_per_epoch`` global samples, split exactly over ranks and workers

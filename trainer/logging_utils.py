@@ -5,12 +5,13 @@ nothing (rank gating by a helper, never by patching ``print``).
 from __future__ import annotations
 
 import csv
-import io
 import importlib.util
+import io
 import logging
 import os
 from pathlib import Path
 
+from pipeline.errors import InputError
 from pipeline.fsutil import atomic_path
 
 __all__ = ["RunLogger", "is_primary", "plot_loss_curve"]
@@ -43,8 +44,11 @@ class RunLogger:
         if not self.path.is_file():
             return []
         rows, bad = [], 0
-        text = self.path.read_bytes().decode("utf-8", errors="replace")
-        if text and not text.endswith("\n"):             # a torn last line (the run died mid-write)
+        try:
+            text = self.path.read_bytes().decode("utf-8", errors="replace")
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot read the run's metrics.csv ({e.strerror or e})") from None
+        if text and not text.endswith("\n"):             # cut short (flush writes whole files, so not by us)
             text, bad = text[:text.rfind("\n") + 1], 1
         try:
             for r in csv.DictReader(io.StringIO(text, newline="")):
