@@ -31,7 +31,7 @@ from .errors import InputError
 from .geometry import intrinsics, project
 from .manifest import make_sample_id
 from .synth_body import body_primitives, contains, forward_kinematics, root_rotation, sample_body, sample_pose
-from .synth_render import body_extent, finish_image, render_background, render_primitives
+from .synth_render import Capsule, Ellipsoid, body_extent, finish_image, render_background, render_primitives
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ __all__ = ["SynthConfig", "Camera", "Person", "SPLITS", "DEFAULT_IMAGE_SIZES", "
            "sample_camera", "sample_person", "render_image", "synth_sample", "write_chunk", "fov_horizontal",
            "generate", "manifest_rows", "sample_location"]
 
-SYNTH_VERSION = "1"
+SYNTH_VERSION = "2"  # 2: clothing, face, shoes, left/right cues, occluders, hemisphere shading
 SKELETON = "smpl24"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_IMAGE_SIZES = ((640, 480), (480, 640), (800, 600), (600, 800), (512, 512), (960, 540), (540, 960),
@@ -53,6 +53,7 @@ class SynthConfig:
     distance_range: tuple[float, float] = (1.5, 12.0)     # pelvis depth Z, metres, log-uniform
     height_range: tuple[float, float] = (1.5, 2.0)        # standing height, metres, uniform
     second_person_prob: float = 0.2
+    occluder_prob: float = 0.2                            # a pole or a ball in front of the first person
     frames_per_sequence: int = 50
     jpeg_quality: int = 95
     min_visible_joints: int = 12
@@ -142,6 +143,32 @@ def sample_person(rng: np.random.Generator, cam: Camera, cfg: SynthConfig, part_
     return None
 
 
+OCCLUDER_PART = 255  # part-map id of a foreground occluder (people use 1..63 and 64..127)
+
+
+def sample_occluder(rng: np.random.Generator, cam: Camera, person: Person):
+    """A vertical pole (capsule) or a ball (sphere) between the camera and ``person``, at 50-90 % of the
+    pelvis depth, over a random point of the person's box, at most ~30 % of the box wide; None if it would
+    reach behind the camera. Joints it hides are flagged in ``meta.occluded``; the labels are unchanged."""
+    K = cam.K
+    x, y, w, h = person.bbox
+    z = float(person.joints[0, 2]) * rng.uniform(0.5, 0.9)
+    u, v = x + rng.uniform(0.1, 0.9) * w, y + rng.uniform(0.1, 0.9) * h
+    px_m = z / K[0, 0]                                  # metres per pixel at the occluder's depth
+    color = rng.integers(20, 236, 3).astype(float)
+
+    def point(uu, vv):
+        return z * np.array([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1], 1.0])
+    if rng.random() < 0.5:
+        r = rng.uniform(0.06, 0.15) * w * px_m
+        occ = Capsule(point(u, -0.2 * cam.height), point(u + rng.uniform(-0.2, 0.2) * w, 1.2 * cam.height), r,
+                      color, OCCLUDER_PART)
+    else:
+        r = rng.uniform(0.12, 0.3) * max(w, h) * px_m
+        occ = Ellipsoid(point(u, v), np.eye(3), np.full(3, r), color, OCCLUDER_PART)
+    return occ if z - r > 0.1 and body_extent([occ], K) is not None else None
+
+
 def _occluded(person: Person, uv: np.ndarray, inside: np.ndarray, part_map: np.ndarray) -> list[int]:
     """1 for an in-image joint whose pixel shows a part that does not contain the joint (hidden behind it)."""
     owners = np.stack([contains(p, person.joints) for p in person.prims], axis=1)        # (24, parts)
@@ -152,12 +179,13 @@ def _occluded(person: Person, uv: np.ndarray, inside: np.ndarray, part_map: np.n
     return (inside & ~visible).astype(int).tolist()
 
 
-def render_image(rng: np.random.Generator, cam: Camera, persons: list[Person], finish: bool = True):
-    """Background + people. Returns (RGB uint8 image, part map, depth map, background kind)."""
+def render_image(rng: np.random.Generator, cam: Camera, persons: list[Person], finish: bool = True,
+                 occluders: tuple = ()):
+    """Background + people (+ occluders). Returns (RGB uint8 image, part map, depth map, background kind)."""
     img, kind = render_background(rng, cam.width, cam.height)
     light = np.array([rng.uniform(-1, 1), rng.uniform(-1.2, 0.3), -rng.uniform(0.6, 1.5)])
     light /= np.linalg.norm(light)
-    prims = [p for person in persons for p in person.prims]
+    prims = [p for person in persons for p in person.prims] + list(occluders)
     part, depth = render_primitives(img, prims, cam.K, light, float(rng.uniform(0.25, 0.5)))
     if finish:
         img = finish_image(rng, img)
@@ -182,7 +210,11 @@ def synth_sample(seed: int, split: str, index: int, cfg: SynthConfig, finish: bo
         second = sample_person(rng, cam, cfg, part_base=64, avoid=(first.joints[0],), max_tries=20)
         if second is not None:
             persons.append(second)
-    img, part, depth, kind = render_image(rng, cam, persons, finish)
+    occluders = ()
+    if rng.random() < cfg.occluder_prob:
+        occ = sample_occluder(rng, cam, first)
+        occluders = () if occ is None else (occ,)
+    img, part, depth, kind = render_image(rng, cam, persons, finish, occluders)
     labels = []
     for person in persons:
         uv = project(person.joints, cam.K)
@@ -191,7 +223,7 @@ def synth_sample(seed: int, split: str, index: int, cfg: SynthConfig, finish: bo
                        "bbox": person.bbox, "occluded": _occluded(person, uv, inside, part),
                        "height": person.height})
     return {"camera": cam, "persons": persons, "image": img, "part": part, "depth": depth, "background": kind,
-            "labels": labels}
+            "labels": labels, "occluders": occluders}
 
 
 def sample_location(split: str, index: int, frames_per_sequence: int) -> tuple[str, int, str]:
@@ -206,7 +238,8 @@ def manifest_rows(sample: dict, split: str, index: int, cfg: SynthConfig) -> lis
     rows = []
     for p, lab in enumerate(sample["labels"]):
         meta = {"fov_h_deg": round(fov_horizontal(cam.K, cam.width), 6), "height_m": round(lab["height"], 6),
-                "occluded": lab["occluded"], "background": sample["background"], "people": len(sample["labels"])}
+                "occluded": lab["occluded"], "background": sample["background"], "people": len(sample["labels"]),
+                "occluders": len(sample["occluders"])}
         rows.append({
             "sample_id": make_sample_id("synth", split, seq, frame, p), "dataset": "synth", "split": split,
             "sequence": seq, "frame": frame, "person": p, "image_path": rel, "image_w": cam.width,

@@ -8,12 +8,12 @@ generator it is handed.
 """
 from __future__ import annotations
 
-import colorsys
 from dataclasses import dataclass
 
 import numpy as np
 
 from .skeleton import get_skeleton
+from .synth_look import FACE_DIRECTIONS, STRAP_NORMAL, WATCH_BAND, Band, Look, Slab, Spot, Stripes, sample_look
 from .synth_render import Capsule, Ellipsoid
 
 __all__ = ["Body", "sample_body", "sample_pose", "root_rotation", "forward_kinematics", "body_primitives",
@@ -81,34 +81,32 @@ _LIMITS = {
 # lies inside at least one volume, so its projection always hits the body.
 _CAPSULES = (
     ("neck", 12, 15, 0.055, "skin"),
-    ("l_shoulder", 13, 16, 0.056, "torso"), ("r_shoulder", 14, 17, 0.056, "torso"),
-    ("l_upper_arm", 16, 18, 0.05, "l_arm"), ("r_upper_arm", 17, 19, 0.05, "r_arm"),
-    ("l_forearm", 18, 20, 0.04, "l_arm"), ("r_forearm", 19, 21, 0.04, "r_arm"),
+    ("l_shoulder", 13, 16, 0.056, "shirt"), ("r_shoulder", 14, 17, 0.056, "shirt"),
+    ("l_upper_arm", 16, 18, 0.05, "sleeve"), ("r_upper_arm", 17, 19, 0.05, "sleeve"),
+    ("l_forearm", 18, 20, 0.04, "forearm"), ("r_forearm", 19, 21, 0.04, "forearm"),
     ("l_hand", 20, 22, 0.036, "skin"), ("r_hand", 21, 23, 0.036, "skin"),
-    ("l_thigh", 1, 4, 0.075, "l_leg"), ("r_thigh", 2, 5, 0.075, "r_leg"),
-    ("l_shin", 4, 7, 0.052, "l_leg"), ("r_shin", 5, 8, 0.052, "r_leg"),
+    ("l_thigh", 1, 4, 0.075, "pants"), ("r_thigh", 2, 5, 0.075, "pants"),
+    ("l_shin", 4, 7, 0.052, "shin"), ("r_shin", 5, 8, 0.052, "shin"),
     ("l_foot", 7, 10, 0.042, "shoes"), ("r_foot", 8, 11, 0.042, "shoes"),
 )
 _ELLIPSOIDS = (
     ("pelvis", 0, (0.0, -0.01, 0.0), (0.165, 0.12, 0.11), "pants"),
-    ("abdomen", 3, (0.0, 0.07, 0.0), (0.145, 0.14, 0.10), "torso"),
-    ("chest", 9, (0.0, 0.05, -0.01), (0.175, 0.19, 0.115), "torso"),
+    ("abdomen", 3, (0.0, 0.07, 0.0), (0.145, 0.14, 0.10), "shirt"),
+    ("chest", 9, (0.0, 0.05, -0.01), (0.175, 0.19, 0.115), "shirt"),
     ("head", 15, (0.0, 0.075, 0.02), (0.082, 0.112, 0.098), "skin"),
     ("hair", 15, (0.0, 0.09, -0.015), (0.088, 0.105, 0.098), "hair"),
 )
-_SKIN_TONES = ((255, 219, 172), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 36))
 
 
 @dataclass(frozen=True)
 class Body:
-    """A person's shape and look: bone offsets (24, 3) and volume sizes in metres, colours per group."""
+    """A person's shape and look: bone offsets (24, 3) and volume sizes in metres, clothing and cues."""
     offsets: np.ndarray
     capsule_radii: np.ndarray          # (len(_CAPSULES),)
     ellipsoid_radii: np.ndarray        # (len(_ELLIPSOIDS), 3)
     ellipsoid_offsets: np.ndarray      # (len(_ELLIPSOIDS), 3)
-    colors: dict
+    look: Look
     height: float
-    has_hair: bool
 
 
 def rest_height(offsets, capsule_radii, ellipsoid_radii, ellipsoid_offsets) -> float:
@@ -122,27 +120,6 @@ def rest_height(offsets, capsule_radii, ellipsoid_radii, ellipsoid_offsets) -> f
     for (_, j, _, _, _), r, off in zip(_ELLIPSOIDS, ellipsoid_radii, ellipsoid_offsets):
         lo, hi = min(lo, P[j, 1] + off[1] - r[1]), max(hi, P[j, 1] + off[1] + r[1])
     return float(hi - lo)
-
-
-def _hsv(h, s, v) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v)) * 255.0
-
-
-def _sample_colors(rng: np.random.Generator) -> dict:
-    """Per-person clothing; left limbs in blue hues, right limbs in orange/red hues so sides are visible."""
-    skin = np.array(_SKIN_TONES[int(rng.integers(len(_SKIN_TONES)))], float) * rng.uniform(0.9, 1.05)
-    return {
-        "skin": np.clip(skin, 0, 255),
-        "torso": _hsv(rng.uniform(0.25, 0.5) if rng.random() < 0.5 else rng.uniform(0.75, 0.95),
-                      rng.uniform(0.2, 0.8), rng.uniform(0.5, 0.95)),
-        "pants": _hsv(rng.uniform(0, 1), rng.uniform(0.1, 0.6), rng.uniform(0.25, 0.6)),
-        "l_arm": _hsv(rng.uniform(0.55, 0.64), rng.uniform(0.5, 0.85), rng.uniform(0.65, 0.95)),
-        "r_arm": _hsv(rng.uniform(0.0, 0.09), rng.uniform(0.55, 0.9), rng.uniform(0.7, 0.98)),
-        "l_leg": _hsv(rng.uniform(0.58, 0.68), rng.uniform(0.45, 0.8), rng.uniform(0.4, 0.75)),
-        "r_leg": _hsv(rng.uniform(0.02, 0.1), rng.uniform(0.5, 0.85), rng.uniform(0.5, 0.85)),
-        "shoes": _hsv(rng.uniform(0, 1), rng.uniform(0, 0.4), rng.uniform(0.1, 0.35)),
-        "hair": _hsv(rng.uniform(0.03, 0.12), rng.uniform(0.3, 0.8), rng.uniform(0.08, 0.5)),
-    }
 
 
 def sample_body(rng: np.random.Generator, height_range=(1.5, 2.0)) -> Body:
@@ -162,8 +139,7 @@ def sample_body(rng: np.random.Generator, height_range=(1.5, 2.0)) -> Body:
     ell_off = np.array([e[2] for e in _ELLIPSOIDS])
     height = rng.uniform(*height_range)
     s = height / rest_height(offsets, cap_r, ell_r, ell_off)
-    return Body(offsets * s, cap_r * s, ell_r * s, ell_off * s, _sample_colors(rng), float(height),
-                bool(rng.random() < 0.85))
+    return Body(offsets * s, cap_r * s, ell_r * s, ell_off * s, sample_look(rng), float(height))
 
 
 def _axis_rotation(axis: str, deg) -> np.ndarray:
@@ -222,17 +198,56 @@ def forward_kinematics(offsets, local_rot, root_rot, root_pos):
     return P, G
 
 
+def _part_look(name: str, group: str, look: Look, torso_frame) -> tuple[np.ndarray, tuple]:
+    """Base colour and marks of one body volume (see pipeline.synth_look for what each mark means)."""
+    shirt_marks = ()
+    if look.stripes:
+        shirt_marks += (Stripes(*torso_frame, np.array([0.0, 1.0, 0.0]), 0.07, 0.45, look.shirt_alt),)
+    if look.strap is not None:
+        shirt_marks += (Slab(*torso_frame, STRAP_NORMAL, 0.0, 0.028, look.strap),)
+    if group == "skin" and name == "head":
+        marks = tuple(Spot(d, np.cos(r), look.eyes if "eye" in k else look.lips if k == "mouth"
+                           else look.skin * 0.8) for k, (d, r) in FACE_DIRECTIONS.items())
+        return look.skin, marks
+    if group == "skin":
+        return look.skin, ()
+    if group == "hair":
+        return look.hair, ()
+    if group == "shoes":
+        return look.shoes, ()
+    if group == "pants":
+        return look.pants, ()
+    if group == "shin":        # shorts: bare shins, with a sock at the ankle
+        return (look.skin, (Band(0.88, 1.0, look.shoes * 0.5 + 120.0),)) if look.shorts else (look.pants, ())
+    if group == "shirt":
+        if name == "chest" and look.chest_print:   # front only: z > 0 in the chest's own axes
+            shirt_marks = (Spot(np.array([0.0, 0.1, 1.0]) / np.hypot(0.1, 1.0), np.cos(0.42), look.shirt_alt),
+                           ) + shirt_marks
+        return look.shirt, shirt_marks
+    if group == "sleeve":      # short sleeves end at 60 % of the upper arm; rings on the LEFT sleeve only
+        marks = () if look.long_sleeves else (Band(0.6, 1.0, look.skin),)
+        if look.sleeve_rings and name.startswith("l_"):
+            marks += (Band(0.25, 0.33, look.shirt_alt), Band(0.41, 0.49, look.shirt_alt))
+        return look.shirt, marks
+    # forearm: sleeve or skin; the watch on the LEFT wrist
+    marks = (Band(*WATCH_BAND, look.watch),) if look.watch is not None and name.startswith("l_") else ()
+    return (look.shirt if look.long_sleeves else look.skin), marks
+
+
 def body_primitives(body: Body, joints: np.ndarray, G: np.ndarray, part_base: int = 1) -> list:
-    """The renderable volumes of one posed body (capsules first, then ellipsoids; part ids from ``part_base``)."""
+    """The renderable volumes of one posed body (capsules first, then ellipsoids; part ids from ``part_base``).
+    Clothing patterns that run over several volumes (stripes, the strap) share the chest's frame."""
+    torso_frame = (joints[9], G[9])
     prims = []
-    for k, ((_, a, b, _, group), r) in enumerate(zip(_CAPSULES, body.capsule_radii)):
-        prims.append(Capsule(joints[a], joints[b], float(r), body.colors[group], part_base + k))
+    for k, ((name, a, b, _, group), r) in enumerate(zip(_CAPSULES, body.capsule_radii)):
+        color, marks = _part_look(name, group, body.look, torso_frame)
+        prims.append(Capsule(joints[a], joints[b], float(r), color, part_base + k, marks))
     for k, ((name, j, _, _, group), r, off) in enumerate(zip(_ELLIPSOIDS, body.ellipsoid_radii,
                                                               body.ellipsoid_offsets)):
-        if name == "hair" and not body.has_hair:
+        if name == "hair" and body.look.hair is None:
             continue
-        prims.append(Ellipsoid(joints[j] + G[j] @ off, G[j], r, body.colors[group],
-                               part_base + len(_CAPSULES) + k))
+        color, marks = _part_look(name, group, body.look, torso_frame)
+        prims.append(Ellipsoid(joints[j] + G[j] @ off, G[j], r, color, part_base + len(_CAPSULES) + k, marks))
     return prims
 
 

@@ -16,7 +16,8 @@ from .report import print_table
 MANIFEST_NAME = "manifest.parquet"
 
 
-def make_config(n: int, fov_range, image_size, second_person_prob: float, frames_per_sequence: int):
+def make_config(n: int, fov_range, image_size, second_person_prob: float, frames_per_sequence: int,
+                occluder_prob: float = 0.2):
     """Check the options (InputError with a one-line message) and build the frozen config."""
     from .synth import SynthConfig
     if n <= 0:
@@ -30,8 +31,11 @@ def make_config(n: int, fov_range, image_size, second_person_prob: float, frames
         raise InputError(f"--second-person-prob must lie in [0, 1], got {second_person_prob:g}")
     if frames_per_sequence <= 0:
         raise InputError(f"--frames-per-sequence must be positive, got {frames_per_sequence}")
+    if not 0 <= occluder_prob <= 1:
+        raise InputError(f"--occluder-prob must lie in [0, 1], got {occluder_prob:g}")
     return SynthConfig(fov_range=(float(lo), float(hi)), image_size=tuple(image_size) if image_size else None,
-                       second_person_prob=float(second_person_prob), frames_per_sequence=int(frames_per_sequence))
+                       second_person_prob=float(second_person_prob), frames_per_sequence=int(frames_per_sequence),
+                       occluder_prob=float(occluder_prob))
 
 
 def summary_rows(rows: list[dict], n_images: int, seconds: float) -> list[tuple]:
@@ -74,7 +78,8 @@ def run_synth(out_dir: Path, n: int, seed: int, split: str, cfg, jobs: int = -1,
     meta = manifest_metadata("synth", SYNTH_VERSION, out_dir.resolve(), dataset_root=out_dir.resolve(), extra={
         "synth": {"seed": seed, "n": n, "split": split, "fov_range": list(cfg.fov_range),
                   "image_size": list(cfg.image_size) if cfg.image_size else None,
-                  "second_person_prob": cfg.second_person_prob, "frames_per_sequence": cfg.frames_per_sequence,
+                  "second_person_prob": cfg.second_person_prob, "occluder_prob": cfg.occluder_prob,
+                  "frames_per_sequence": cfg.frames_per_sequence,
                   "distance_range": list(cfg.distance_range), "height_range": list(cfg.height_range)}})
     write_manifest(kept, out_dir / MANIFEST_NAME, meta, rejected)
     return kept, rejected, time.perf_counter() - start
@@ -93,15 +98,17 @@ def run_synth(out_dir: Path, n: int, seed: int, split: str, cfg, jobs: int = -1,
               help="Fixed image size; default: a mix of landscape, portrait and square sizes.")
 @click.option("--second-person-prob", type=float, default=0.2, show_default=True,
               help="Probability of a second person in an image (one manifest row per person).")
+@click.option("--occluder-prob", type=float, default=0.2, show_default=True,
+              help="Probability of a pole or a ball in front of the first person (hidden joints: meta.occluded).")
 @click.option("--frames-per-sequence", type=int, default=50, show_default=True,
               help="Images grouped under one sequence id (seq000, seq001, ...).")
 @click.option("--jobs", type=int, default=-1, show_default=True, help="Worker processes (-1: all cores).")
 @click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
 def synth(out_dir: Path, n: int, seed: int, split: str, fov_range, image_size, second_person_prob: float,
-          frames_per_sequence: int, jobs: int, no_progress: bool):
+          occluder_prob: float, frames_per_sequence: int, jobs: int, no_progress: bool):
     """Render N images of articulated SMPL-24 people with exact labels (3D joints, 2D joints, box, K) and write
     OUT/manifest.parquet (adapter "synth", skeleton smpl24), ready for `perspose-build shards`."""
-    cfg = make_config(n, fov_range, image_size, second_person_prob, frames_per_sequence)
+    cfg = make_config(n, fov_range, image_size, second_person_prob, frames_per_sequence, occluder_prob)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: --out exists and is not a directory")
     if jobs == 0:

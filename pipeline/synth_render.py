@@ -16,6 +16,8 @@ from statistics import NormalDist
 import cv2
 import numpy as np
 
+from .synth_look import mark_colors
+
 __all__ = ["Capsule", "Ellipsoid", "projected_extent", "projected_extents", "body_extent", "intersect",
            "surface_normals", "render_primitives", "render_background", "BACKGROUND_KINDS", "finish_image"]
 
@@ -30,6 +32,7 @@ class Capsule:
     radius: float
     color: np.ndarray      # RGB 0..255, the colour at full light
     part: int              # id written into the part map (0 = background)
+    marks: tuple = ()      # surface marks (pipeline.synth_look): clothing edges, watch, strap, ...
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Ellipsoid:
     radii: np.ndarray
     color: np.ndarray
     part: int
+    marks: tuple = ()      # surface marks (pipeline.synth_look): face, chest print, ...
 
 
 def _quadric_extents(c: np.ndarray, M: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -101,8 +105,10 @@ def intersect(prim, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _intersect_ellipsoid(prim, x, y)
 
 
-def surface_normals(prim, points: np.ndarray) -> np.ndarray:
-    """Unit outward normals (N, 3) at surface points (N, 3) of the primitive."""
+def surface_normals(prim, points: np.ndarray, with_axis: bool = False):
+    """Unit outward normals (N, 3) at surface points (N, 3) of the primitive; with ``with_axis`` also the
+    capsule axis parameter s in [0, 1] of each point (None for an ellipsoid)."""
+    s = None
     if isinstance(prim, Capsule):
         ba = prim.b - prim.a
         s = np.clip((points - prim.a) @ ba / (ba @ ba), 0.0, 1.0)
@@ -110,7 +116,8 @@ def surface_normals(prim, points: np.ndarray) -> np.ndarray:
     else:
         g = (points - prim.center) @ prim.axes / prim.radii ** 2      # gradient in local axes
         n = g @ prim.axes.T
-    return n / np.linalg.norm(n, axis=1, keepdims=True)
+    n = n / np.linalg.norm(n, axis=1, keepdims=True)
+    return (n, s) if with_axis else n
 
 
 def _intersect_capsule(cap: Capsule, x, y) -> np.ndarray:
@@ -174,11 +181,23 @@ def _draw(prim, rect, fxycxy, image, part, depth, light, ambient) -> None:
         return
     tf = t[front]
     pts = np.stack([np.broadcast_to(x, t.shape)[front] * tf, np.broadcast_to(y, t.shape)[front] * tf, tf], 1)
-    lam = np.maximum(surface_normals(prim, pts) @ light, 0.0)
-    shade = ambient + (1.0 - ambient) * lam
+    n, s = surface_normals(prim, pts, with_axis=True)
+    color = mark_colors(prim, pts, prim.color, s) if prim.marks else prim.color[None, :]
     zb[front] = tf
     part[v0:v1, u0:u1][front] = prim.part
-    image[v0:v1, u0:u1][front] = np.clip(shade[:, None] * prim.color[None, :] + 0.5, 0, 255).astype(np.uint8)
+    image[v0:v1, u0:u1][front] = np.clip(shading(n, pts, light, ambient, color) + 0.5, 0, 255).astype(np.uint8)
+
+
+def shading(n: np.ndarray, pts: np.ndarray, light: np.ndarray, ambient: float, color: np.ndarray) -> np.ndarray:
+    """RGB (N, 3) of surface points: hemisphere ambient (surfaces facing the image's up get more sky light),
+    Lambert from ``light`` and a weak white Blinn-Phong highlight, so limbs read as round volumes."""
+    sky = 0.7 + 0.3 * np.clip(-n[:, 1], -1.0, 1.0)          # camera y points down
+    lam = np.maximum(n @ light, 0.0)
+    view = -pts / np.linalg.norm(pts, axis=1, keepdims=True)
+    half = light[None, :] + view
+    half /= np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-12)
+    spec = 40.0 * np.maximum((n * half).sum(1), 0.0) ** 24 * (lam > 0)
+    return (ambient * sky + (1.0 - ambient) * lam)[:, None] * color + spec[:, None]
 
 
 def render_primitives(image: np.ndarray, prims, K: np.ndarray, light: np.ndarray, ambient: float):

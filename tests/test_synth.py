@@ -114,7 +114,7 @@ def test_sequences_group_frames():
 def test_rendered_joints_lie_on_the_body():
     """Every joint is inside a body volume, so the pixel at its projection shows the body; an unoccluded joint's
     pixel shows a part that contains the joint (pelvis and head included)."""
-    cfg = SynthConfig(second_person_prob=0.0)
+    cfg = SynthConfig(second_person_prob=0.0, occluder_prob=0.0)   # occluders: tests/test_synth_look.py
     sk = get_skeleton("smpl24")
     checked = {"pelvis": 0, "head": 0}
     for i in range(6):
@@ -182,22 +182,25 @@ def test_zbuffer_keeps_the_nearer_part():
 
 
 def test_bbox_is_the_tight_silhouette_box():
-    cfg = SynthConfig(second_person_prob=0.0, image_size=(320, 240))
+    """The box is the body's whole silhouette, also where the image cuts it: the person is re-rendered on a
+    canvas grown by 400 px per side (principal point shifted), where the box must be tight on all four sides."""
+    cfg = SynthConfig(second_person_prob=0.0, occluder_prob=0.0, image_size=(320, 240))
+    M = 400
     for i in range(5):
         s = synth_sample(11, "train", i, cfg, finish=False)
         x, y, w, h = s["labels"][0]["bbox"]
         v, u = np.nonzero(s["part"])
-        W, H = 320, 240
         assert x <= u.min() and u.max() <= x + w and y <= v.min() and v.max() <= y + h
-        # tight wherever the image does not cut the body (pixel centres sample a rounded tip: < 2 px gap)
-        if x > 0:
-            assert u.min() - x < 2
-        if x + w < W - 1:
-            assert x + w - u.max() < 2
-        if y > 0:
-            assert v.min() - y < 2
-        if y + h < H - 1:
-            assert y + h - v.max() < 2
+        K = s["camera"].K.copy()
+        K[:2, 2] += M
+        canvas = np.zeros((240 + 2 * M, 320 + 2 * M, 3), np.uint8)
+        part, _ = render_primitives(canvas, s["persons"][0].prims, K, np.array([0.0, 0.0, -1.0]), 0.3)
+        v, u = np.nonzero(part)
+        assert 0 < u.min() and u.max() < canvas.shape[1] - 1 and 0 < v.min() and v.max() < canvas.shape[0] - 1
+        # pixel centres sample a rounded tip: the silhouette's extreme pixel lies < 2 px inside the exact extent
+        x, y = x + M, y + M
+        assert x <= u.min() < x + 2 and x + w - 2 < u.max() <= x + w
+        assert y <= v.min() < y + 2 and y + h - 2 < v.max() <= y + h
 
 
 def test_fov_range_and_intrinsics():

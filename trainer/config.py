@@ -91,6 +91,9 @@ class TrainConfig:
     compile: bool = False                   # torch.compile the model (CUDA)
     sync_bn: bool = True                    # SyncBatchNorm under multi-GPU DDP (never on CPU: it raises there)
     deterministic: bool = False             # torch.use_deterministic_algorithms (tests; slower on CUDA)
+    threads: int = 0                        # CPU: torch threads of the training process; 0 = the cores this
+                                            # process may use minus the loader workers (at least 1): a loader
+                                            # worker competing with torch's threads stalls every parallel op
     pretrained: str = ""                    # pose_hrnet_w48_256x192.pth for the backbone ("" = from scratch)
     checkpoint_every_steps: int = 2000      # also at every epoch end; the data stream restarts at these points
     log_every_steps: int = 20
@@ -101,8 +104,8 @@ class TrainConfig:
             raise ValueError("batch_size, epochs and epoch_samples must be positive")
         if self.max_steps < 0 or self.checkpoint_every_steps <= 0 or self.log_every_steps <= 0:
             raise ValueError("max_steps >= 0, checkpoint_every_steps and log_every_steps > 0")
-        if self.val_every_epochs < 0:
-            raise ValueError("val_every_epochs must be >= 0")
+        if self.val_every_epochs < 0 or self.threads < 0:
+            raise ValueError("val_every_epochs and threads must be >= 0")
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
         n = self.epoch_samples // (self.batch_size * world_size)

@@ -2,6 +2,8 @@
 
 Layout (pose HRNet, deep-high-resolution-net.pytorch ``pose_hrnet.py``): stem (two stride-2 3x3 convs), ``layer1``
 (4 Bottlenecks), then stages 2-4 of multi-resolution modules (BASIC blocks, 4 per branch) joined by transitions.
+Stages 2-4 have 1, 4 and 3 modules (HRNet-W48); ``num_modules`` / ``num_blocks`` make lighter variants in the
+style of HRNet-W18-small (fewer modules and blocks), whose key names are a prefix-subset of the full model's.
 Attribute names (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``layer1``, ``transition1..3``, ``stage2..4`` with
 ``branches`` / ``fuse_layers`` inside) are chosen so that the keys of ``pose_hrnet_w48_256x192.pth`` map 1:1 onto
 ``HighResolutionNet.state_dict()``, e.g. ``stage2.0.branches.0.0.conv1.weight``, ``stage2.0.fuse_layers.0.1.0.weight``,
@@ -163,7 +165,7 @@ class HighResolutionNet(nn.Module):
     """
 
     def __init__(self, width: int = 48, stem_channels: int = 64, layer1_planes: int = 64,
-                 num_blocks: int = 4, multi_scale_output: bool = True):
+                 num_blocks: int = 4, multi_scale_output: bool = True, num_modules=(1, 4, 3)):
         super().__init__()
         self.width = width
         self.multi_scale_output = multi_scale_output
@@ -178,11 +180,14 @@ class HighResolutionNet(nn.Module):
         widths = [width * 2 ** k for k in range(4)]
         self.branch_channels = widths if multi_scale_output else widths[:1]
         self.transition1 = _make_transition([self.layer1_channels], widths[:2])
-        self.stage2 = self._make_stage(widths[:2], 1, num_blocks, True)
+        if len(num_modules) != 3 or min(num_modules) < 1 or num_blocks < 1:
+            raise ValueError(f"num_modules needs 3 positive counts (stages 2-4) and num_blocks >= 1, got "
+                             f"{tuple(num_modules)} and {num_blocks}")
+        self.stage2 = self._make_stage(widths[:2], num_modules[0], num_blocks, True)
         self.transition2 = _make_transition(widths[:2], widths[:3])
-        self.stage3 = self._make_stage(widths[:3], 4, num_blocks, True)
+        self.stage3 = self._make_stage(widths[:3], num_modules[1], num_blocks, True)
         self.transition3 = _make_transition(widths[:3], widths)
-        self.stage4 = self._make_stage(widths, 3, num_blocks, multi_scale_output)
+        self.stage4 = self._make_stage(widths, num_modules[2], num_blocks, multi_scale_output)
 
     @staticmethod
     def _make_stage(channels: list[int], num_modules: int, num_blocks: int, multi_scale_output: bool):

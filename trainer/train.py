@@ -227,9 +227,21 @@ def configure_backends(cfg: TrainConfig, dist: Dist) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def cpu_threads(cfg: TrainConfig, world_size: int = 1) -> int:
+    """torch threads for a CPU training process: ``cfg.threads``, or this process's share of the usable cores
+    minus its loader workers (at least 1), so that loader workers and torch's threads do not fight over cores
+    (a parallel op waits for its slowest thread; a thread preempted by a worker stalls it)."""
+    if cfg.threads:
+        return cfg.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // world_size - cfg.data.num_workers)
+
+
 def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True) -> dict:
     """Set up the process (group), run :func:`fit`, tear down; returns the summary dict."""
     dist = setup_distributed()
+    if dist.device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg, dist.world_size))
     try:
         return fit(cfg, run_dir, dist, resume, progress)[1]
     finally:
