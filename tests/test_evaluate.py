@@ -19,7 +19,7 @@ from pipeline.manifest import make_sample_id
 from pipeline.shard import BuildOptions, decode_sample, encode_sample, iter_tar, process_row, write_tar
 from pipeline.skeleton import get_skeleton
 from trainer import evaluate as E
-from trainer.report import summarize, write_report
+from trainer.report import reference_rows, summarize, write_report
 
 S = 64
 # float32 storage of uvd / joints_rot bounds the round trip: measured max ~2e-4 mm; asserted with margin
@@ -213,6 +213,9 @@ def test_report_files(built, tmp_path):
     assert json.loads((tmp_path / "rep/report.json").read_text())["metrics"]["datasets"][0]["n"] == 4
     md = (tmp_path / "rep/report.md").read_text()
     assert "| dataset | protocol | MPJPE | PA-MPJPE | PCK@150 | AUC | depth err | root err | N |" in md
+    assert "| synth | smpl24 | constant mean pose |" in md and "| synth | smpl24 | zero relative depth |" in md
+    refs = json.loads((tmp_path / "rep/report.json").read_text())["metrics"]["references"]
+    assert len(refs) == 6 and refs[1]["mpjpe_mm"] is None
     for png in ("per_joint_error.png", "error_vs_pr_angle.png"):
         assert (tmp_path / "rep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     t = pq.read_table(tmp_path / "rep/predictions.parquet")
@@ -224,6 +227,33 @@ def test_report_files(built, tmp_path):
     np.testing.assert_allclose(rel, pred - pred[root], atol=1e-12)
     np.testing.assert_allclose(pred, np.asarray(row["gt_cam"]).reshape(-1, 3), atol=2e-6)
     assert not list((tmp_path / "rep").glob(".*tmp"))  # atomic writes left no temporaries
+
+
+def test_reference_rows_are_what_learning_nothing_scores(built):
+    """The constant-mean-pose row equals a direct computation per protocol; a model that predicts that constant
+    scores x1.00 against it, the perfect model x0.00; the zero-depth row is the mean |relative depth|."""
+    out, _ = built
+    rec = E.evaluate(_truth, E.list_shards([out]), batch_size=4, progress=False)["records"]
+    s = summarize(rec)
+    refs = {(r["dataset"], r["reference"]): r for r in s["references"]}
+    assert len(refs) == 6
+    for ds in ("3dhp", "h36m", "synth"):
+        idx = [i for i, d in enumerate(rec["dataset"]) if d == ds]
+        p = E.protocol_for(rec["skeleton"][idx[0]])
+        rel = np.stack([rec["gt_cam"][i] - rec["gt_cam"][i][p.root] for i in idx])[:, list(p.joints)] * 1000
+        direct = np.mean([np.linalg.norm(rel.mean(0) - r, axis=-1).mean() for r in rel])
+        const = refs[(ds, "constant mean pose")]
+        assert const["mpjpe_mm"] == pytest.approx(direct, rel=1e-12) and direct > 50
+        assert const["model_over_ref_mpjpe"] < 1e-6                      # the ground truth as the model
+        crop = np.stack([rec["gt_crop"][i] - rec["gt_crop"][i][p.root] for i in idx])[:, list(p.joints)] * 1000
+        zero = refs[(ds, "zero relative depth")]
+        assert zero["depth_err_mm"] == pytest.approx(np.abs(crop[..., 2]).mean(), rel=1e-12)
+        assert zero["mpjpe_mm"] is None and zero["model_over_ref_depth"] < 1e-6
+    # the constant itself as the model: its MPJPE over the reference is exactly 1
+    model = [{"dataset": r["dataset"], "protocol": r["protocol"], "mpjpe_mm": r["mpjpe_mm"],
+              "depth_err_mm": r["depth_err_mm"]} for r in s["references"] if r["reference"] == "constant mean pose"]
+    again = [r for r in reference_rows(rec, model) if r["reference"] == "constant mean pose"]
+    assert all(r["model_over_ref_mpjpe"] == pytest.approx(1.0, abs=1e-12) for r in again)
 
 
 def test_bad_shard_inputs(tmp_path):

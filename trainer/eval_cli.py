@@ -133,7 +133,7 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
     from pipeline.report import print_table
 
     from .evaluate import evaluate, list_shards, model_predict_fn, protocol_for
-    from .report import TABLE_HEADERS, table_rows, write_report
+    from .report import REFERENCE_HEADERS, TABLE_HEADERS, reference_table_rows, table_rows, write_report
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     paths = list(shard_paths) + list(more_shards) + (recipe_shards(recipe) if recipe else [])
@@ -185,6 +185,8 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
     }
     files = write_report(out_dir, report, rec)
     print_table(TABLE_HEADERS, table_rows(summary["datasets"]), title=f"perspose-eval: {ckpt_path.name}")
+    print_table(REFERENCE_HEADERS, reference_table_rows(summary["references"]),
+                title="reference: a model that learned nothing (same samples)")
     click.echo(f"{res['counts']['evaluated']} samples in {seconds:.1f} s; wrote {', '.join(f.name for f in files)} "
                f"to {out_dir}")
 

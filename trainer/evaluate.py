@@ -266,6 +266,7 @@ def _batch_records(batch: dict, out: dict) -> dict:
         "pck150": M.pck(rel_err[:, list(p.pck_joints)]), "auc": M.auc(rel_err[:, list(p.pck_joints)]),
         "depth_err": M.depth_error(pc, gc, p.root, p.joints), "root_err": M.root_error(po, go, p.root),
         "joint_err": list(rel_err), "pred_cam": list(pred_orig), "gt_cam": list(gt_orig),
+        "gt_crop": list(gt_crop),  # for the reference rows' depth error, which lives in the crop camera
     }
 
 

@@ -21,7 +21,7 @@ from .evaluate import SCALAR_METRICS, protocol_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["summarize", "group_table", "pr_bin_labels", "markdown_report", "write_predictions", "write_plots",
+__all__ = ["summarize", "group_table", "reference_rows", "REFERENCE_HEADERS", "reference_table_rows", "pr_bin_labels", "markdown_report", "write_predictions", "write_plots",
            "write_report", "TABLE_HEADERS", "table_rows"]
 
 # metric key in the records -> (report key, factor)
@@ -79,16 +79,76 @@ def _per_joint(records: dict) -> list[dict]:
 def summarize(records: dict) -> dict:
     """All breakdowns: per dataset (+protocol), per sequence, per H36M action, per PR-angle bin, per joint."""
     if not records:
-        return {"datasets": [], "sequences": [], "actions": [], "pr_angle_bins": [], "per_joint": []}
+        return {"datasets": [], "references": [], "sequences": [], "actions": [], "pr_angle_bins": [],
+                "per_joint": []}
     recs = dict(records, pr_bin=pr_bin_labels(records["pr_angle_deg"]))
     has_action = np.array([bool(a) for a in recs["action"]])
+    datasets = group_table(recs, ("dataset", "protocol"))
     return {
-        "datasets": group_table(recs, ("dataset", "protocol")),
+        "datasets": datasets,
+        "references": reference_rows(recs, datasets) if "gt_crop" in recs else [],
         "sequences": group_table(recs, ("dataset", "protocol", "sequence")),
         "actions": group_table(recs, ("dataset", "protocol", "action"), has_action) if has_action.any() else [],
         "pr_angle_bins": group_table(recs, ("dataset", "protocol", "pr_bin")),
         "per_joint": _per_joint(recs),
     }
+
+
+REFERENCE_CONSTANT = "constant mean pose"
+REFERENCE_ZERO_DEPTH = "zero relative depth"
+REFERENCE_HEADERS = ("dataset", "protocol", "reference", "MPJPE", "PA-MPJPE", "PCK@150", "AUC", "depth err",
+                     "model / ref MPJPE", "model / ref depth")
+
+
+def reference_rows(records: dict, model_rows: list[dict]) -> list[dict]:
+    """What a model that learned nothing from the pixels scores, per dataset and protocol, on the same samples:
+
+    * *constant mean pose* -- every sample gets the group's mean root-relative pose (an oracle constant: the
+      mean of the evaluated set itself, in the original camera; in the crop camera for the depth error);
+    * *zero relative depth* -- every joint at the root's depth (the depth error of a flat prediction).
+
+    ``model / ref`` is the model's MPJPE (depth error) over the reference's: below 1 the model has learned
+    something from the image; the demo aims at <= 0.6 (docs/learning.md). None where a metric does not apply
+    (report.json stays strict JSON)."""
+    from . import metrics as M
+    model = {(r["dataset"], r["protocol"]): r for r in model_rows}
+    rows = []
+    for ds, proto in sorted(set(zip(records["dataset"], records["protocol"]))):
+        idx = [i for i, (d, p) in enumerate(zip(records["dataset"], records["protocol"])) if d == ds and p == proto]
+        p = protocol_for(records["skeleton"][idx[0]])
+        go = np.stack([records["gt_cam"][i] for i in idx]) * 1000.0
+        gc = np.stack([records["gt_crop"][i] for i in idx]) * 1000.0
+        const = go[:, p.root:p.root + 1] + M.root_relative(go, p.root).mean(axis=0)
+        const_crop = gc[:, p.root:p.root + 1] + M.root_relative(gc, p.root).mean(axis=0)
+        flat = gc.copy()
+        flat[..., 2] = gc[:, p.root:p.root + 1, 2]
+        err = M.joint_errors(M.root_relative(const, p.root), M.root_relative(go, p.root))[:, list(p.pck_joints)]
+        m = model.get((ds, proto), {})
+
+        def over(key, ref):
+            return m[key] / ref if key in m and ref > 0 else None
+        c_mpjpe = float(M.mpjpe(const, go, p.root, p.joints).mean())
+        c_depth = float(M.depth_error(const_crop, gc, p.root, p.joints).mean())
+        z_depth = float(M.depth_error(flat, gc, p.root, p.joints).mean())
+        rows.append({"dataset": ds, "protocol": proto, "reference": REFERENCE_CONSTANT, "mpjpe_mm": c_mpjpe,
+                     "pa_mpjpe_mm": float(M.pa_mpjpe(const, go, p.joints).mean()),
+                     "pck150_pct": float(M.pck(err).mean() * 100), "auc_pct": float(M.auc(err).mean() * 100),
+                     "depth_err_mm": c_depth, "n": len(idx),
+                     "model_over_ref_mpjpe": over("mpjpe_mm", c_mpjpe),
+                     "model_over_ref_depth": over("depth_err_mm", c_depth)})
+        rows.append({"dataset": ds, "protocol": proto, "reference": REFERENCE_ZERO_DEPTH, "mpjpe_mm": None,
+                     "pa_mpjpe_mm": None, "pck150_pct": None, "auc_pct": None, "depth_err_mm": z_depth, "n": len(idx),
+                     "model_over_ref_mpjpe": None, "model_over_ref_depth": over("depth_err_mm", z_depth)})
+    return rows
+
+
+def reference_table_rows(rows: list[dict]) -> list[list]:
+    def ratio(x):
+        return "-" if x is None else f"x{x:.2f}"
+    return [[r["dataset"], r["protocol"], r["reference"],
+             *("-" if r[k] is None else r[k] for k in ("mpjpe_mm", "pa_mpjpe_mm", "pck150_pct", "auc_pct",
+                                                              "depth_err_mm")),
+             ratio(r["model_over_ref_mpjpe"]), ratio(r["model_over_ref_depth"])] for r in rows]
 
 
 def table_rows(rows: list[dict], first: tuple[str, ...] = ("dataset", "protocol")) -> list[list]:
@@ -114,7 +174,11 @@ def markdown_report(report: dict) -> str:
            "Distances in mm (MPJPE root-aligned; PA-MPJPE after per-sample similarity Procrustes; depth err = "
            "mean |d_pred - d_gt| of root-relative depths in the crop camera; root err = absolute root position). "
            "PCK@150 mm and AUC (thresholds 0:5:150 mm, error <= threshold counts) in %.", "",
-           "## Results", "", _md_table(TABLE_HEADERS, table_rows(s["datasets"])), "", "## Protocols", ""]
+           "## Results", "", _md_table(TABLE_HEADERS, table_rows(s["datasets"])), "",
+           "## Reference: what learning nothing scores on these samples", "",
+           "The constant mean pose (each group's own mean root-relative pose given to every sample) and a flat "
+           "pose at the root's depth; `model / ref` below 1 means the model read something from the pixels.", "",
+           _md_table(REFERENCE_HEADERS, reference_table_rows(s.get("references", []))), "", "## Protocols", ""]
     for p in report["protocols"].values():
         out.append(f"- **{p['name']}** ({p['skeleton']}): {p['description']}. Root: {p['root']}. "
                    f"MPJPE/PA/depth joints: {', '.join(p['joints'])}. PCK/AUC joints: {', '.join(p['pck_joints'])}.")
