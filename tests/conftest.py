@@ -5,13 +5,10 @@ from pathlib import Path
 
 import pytest
 
-# The real fixtures live outside the repository (never committed): <repo>/../shared/fixtures/real
-REAL_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+from _fixtures import require_real
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """Path of the real-data fixtures; skips the test when they are not present on this machine."""
-    if not REAL_FIXTURES.is_dir():
-        pytest.skip(f"real fixtures not found at {REAL_FIXTURES}")
-    return REAL_FIXTURES
+    """Path of the real-data fixtures (see tests/_fixtures.py); skips the test when they are not present."""
+    return require_real()

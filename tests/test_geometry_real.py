@@ -1,4 +1,4 @@
-"""The PR crop geometry on real Human3.6M frames (../shared/fixtures/real/h36m, never copied into the repo).
+"""The PR crop geometry on real Human3.6M frames (<real fixtures>/h36m, never copied into the repo; tests/_fixtures.py).
 
 The dataset's own 2D labels include lens distortion; its 3D labels do not. An exact pipeline that undistorts
 must put both at the same crop pixels (within ~0.1 px); ignoring distortion is off by several tenths of a pixel.
@@ -6,30 +6,32 @@ must put both at the same crop pixels (within ~0.1 px); ignoring distortion is o
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from _fixtures import real_fixtures, require_real
 from pipeline import geometry as g
 from pipeline.skeleton import get_skeleton
 
 S, CONTEXT = 256, 1.25
 S_STORE = g.stored_crop_size(S, CONTEXT)
-_LABELS = Path(__file__).resolve().parents[2] / "shared/fixtures/real/h36m/labels.json"
 
 
 def _frame_ids() -> list[str]:
-    if not _LABELS.is_file():
-        return ["missing"]  # the fixtures_dir fixture skips these with a reason
-    return [s["image"] for s in json.loads(_LABELS.read_text())["samples"]]
+    """The frames to parametrize over, read at collection time (before any fixture can skip)."""
+    labels = real_fixtures() / "h36m" / "labels.json"
+    if not labels.is_file():
+        return ["missing"]  # one placeholder id: the h36m fixture then skips it with the reason
+    return [s["image"] for s in json.loads(labels.read_text())["samples"]]
 
 
 @pytest.fixture(scope="module")
-def h36m(fixtures_dir):
-    data = json.loads((fixtures_dir / "h36m" / "labels.json").read_text())
-    return fixtures_dir / "h36m", data, {s["image"]: s for s in data["samples"]}
+def h36m():
+    root = require_real("h36m")
+    data = json.loads((root / "labels.json").read_text())
+    return root, data, {s["image"]: s for s in data["samples"]}
 
 
 def _frame(h36m, name, box_key, box_scale=1.0):
