@@ -58,6 +58,7 @@ class SynthConfig:
     jpeg_quality: int = 95
     min_visible_joints: int = 12
     min_box_side: float = 16.0                            # pixels, the box's larger side
+    min_box_inside: float = 0.4                           # fraction of the box area inside the image (1: whole)
     image_sizes: tuple = field(default=DEFAULT_IMAGE_SIZES)
 
 
@@ -113,7 +114,7 @@ def sample_person(rng: np.random.Generator, cam: Camera, cfg: SynthConfig, part_
                   avoid: tuple = (), max_tries: int = 200) -> Person | None:
     """A posed person anywhere in the frame (edges and corners included): the pelvis' pixel is uniform over the
     image grown by 10 % per side, its depth log-uniform in ``distance_range``. Placements with too few joints in
-    the image, less than 40 % of the box inside it, a box smaller than ``min_box_side``, a body part closer than
+    the image, less than ``min_box_inside`` of the box inside it, a box smaller than ``min_box_side``, a body part closer than
     0.3 m, or within 1 m (floor plane) of a pelvis in ``avoid`` are redrawn."""
     K, W, H = cam.K, cam.width, cam.height
     lo, hi = np.log(cfg.distance_range[0]), np.log(cfg.distance_range[1])
@@ -137,7 +138,7 @@ def sample_person(rng: np.random.Generator, cam: Camera, cfg: SynthConfig, part_
         bbox = np.array([ext[0], ext[2], ext[1] - ext[0], ext[3] - ext[2]])
         uv = project(joints, K)
         if (max(bbox[2], bbox[3]) < cfg.min_box_side or _in_image(uv, W, H).sum() < cfg.min_visible_joints
-                or _box_overlap_fraction(bbox, W, H) < 0.4):
+                or _box_overlap_fraction(bbox, W, H) < cfg.min_box_inside - 1e-9):
             continue
         return Person(joints, prims, bbox, body.height)
     return None

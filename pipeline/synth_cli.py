@@ -17,7 +17,7 @@ MANIFEST_NAME = "manifest.parquet"
 
 
 def make_config(n: int, fov_range, image_size, second_person_prob: float, frames_per_sequence: int,
-                occluder_prob: float = 0.2):
+                occluder_prob: float = 0.2, min_box_inside: float = 0.4):
     """Check the options (InputError with a one-line message) and build the frozen config."""
     from .synth import SynthConfig
     if n <= 0:
@@ -33,9 +33,11 @@ def make_config(n: int, fov_range, image_size, second_person_prob: float, frames
         raise InputError(f"--frames-per-sequence must be positive, got {frames_per_sequence}")
     if not 0 <= occluder_prob <= 1:
         raise InputError(f"--occluder-prob must lie in [0, 1], got {occluder_prob:g}")
+    if not 0 < min_box_inside <= 1:
+        raise InputError(f"--min-box-inside must lie in (0, 1], got {min_box_inside:g}")
     return SynthConfig(fov_range=(float(lo), float(hi)), image_size=tuple(image_size) if image_size else None,
                        second_person_prob=float(second_person_prob), frames_per_sequence=int(frames_per_sequence),
-                       occluder_prob=float(occluder_prob))
+                       occluder_prob=float(occluder_prob), min_box_inside=float(min_box_inside))
 
 
 def summary_rows(rows: list[dict], n_images: int, seconds: float) -> list[tuple]:
@@ -79,6 +81,7 @@ def run_synth(out_dir: Path, n: int, seed: int, split: str, cfg, jobs: int = -1,
         "synth": {"seed": seed, "n": n, "split": split, "fov_range": list(cfg.fov_range),
                   "image_size": list(cfg.image_size) if cfg.image_size else None,
                   "second_person_prob": cfg.second_person_prob, "occluder_prob": cfg.occluder_prob,
+                  "min_box_inside": cfg.min_box_inside,
                   "frames_per_sequence": cfg.frames_per_sequence,
                   "distance_range": list(cfg.distance_range), "height_range": list(cfg.height_range)}})
     write_manifest(kept, out_dir / MANIFEST_NAME, meta, rejected)
@@ -100,15 +103,18 @@ def run_synth(out_dir: Path, n: int, seed: int, split: str, cfg, jobs: int = -1,
               help="Probability of a second person in an image (one manifest row per person).")
 @click.option("--occluder-prob", type=float, default=0.2, show_default=True,
               help="Probability of a pole or a ball in front of the first person (hidden joints: meta.occluded).")
+@click.option("--min-box-inside", type=float, default=0.4, show_default=True,
+              help="Least fraction of a person's box inside the image (1: nobody is cut by the border).")
 @click.option("--frames-per-sequence", type=int, default=50, show_default=True,
               help="Images grouped under one sequence id (seq000, seq001, ...).")
 @click.option("--jobs", type=int, default=-1, show_default=True, help="Worker processes (-1: all cores).")
 @click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
 def synth(out_dir: Path, n: int, seed: int, split: str, fov_range, image_size, second_person_prob: float,
-          occluder_prob: float, frames_per_sequence: int, jobs: int, no_progress: bool):
+          occluder_prob: float, min_box_inside: float, frames_per_sequence: int, jobs: int, no_progress: bool):
     """Render N images of articulated SMPL-24 people with exact labels (3D joints, 2D joints, box, K) and write
     OUT/manifest.parquet (adapter "synth", skeleton smpl24), ready for `perspose-build shards`."""
-    cfg = make_config(n, fov_range, image_size, second_person_prob, frames_per_sequence, occluder_prob)
+    cfg = make_config(n, fov_range, image_size, second_person_prob, frames_per_sequence, occluder_prob,
+                      min_box_inside)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: --out exists and is not a directory")
     if jobs == 0:

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ def bin_path(name: str) -> str:
 
 def run(cmd: list[str], log_file: Path) -> None:
     print("$", " ".join(cmd), flush=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
@@ -61,7 +64,8 @@ def make_data(args, out: Path, log: Path) -> None:
         d = out / "synth" / split
         if not (d / "manifest.parquet").is_file():
             run([bin_path("perspose-build"), "synth", "--out", str(d), "--split", split, "-n", str(n),
-                 "--seed", str(args.data_seed + i), "--fov-range", *map(str, args.fov_range), "--no-progress"], log)
+                 "--seed", str(args.data_seed + i), "--fov-range", *map(str, args.fov_range), "--no-progress",
+                 *args.synth_args.split()], log)
         for variant in ("pr", "nopr"):
             s = out / "shards" / variant / split
             if not (s / "build.json").is_file():
@@ -71,15 +75,19 @@ def make_data(args, out: Path, log: Path) -> None:
                 run([bin_path("perspose-build"), "verify", str(s)], log)
 
 
-def train_and_eval(args, out: Path, arm: str, seed: int, log: Path) -> Path:
+def train_and_eval(args, out: Path, arm: str, seed: int) -> Path:
     variant, use_pe, _ = ARMS[arm]
     run_dir = out / "runs" / f"{arm}_seed{seed}"
+    log = out / "runs" / f"{arm}_seed{seed}.log"      # one log per run: runs go in parallel (--jobs)
     steps_per_epoch = max(1, args.steps // args.epochs)
     sets = [f"model.use_pe={str(use_pe).lower()}", f"seed={seed}", f"batch_size={args.batch}",
             f"epoch_samples={steps_per_epoch * args.batch}", f"epochs={args.epochs}", f"max_steps={args.steps}",
             f"optim.decay_every_epochs={max(1.0, args.epochs / 3):g}", f"checkpoint_every_steps={steps_per_epoch}",
-            "data.num_workers=1", "data.val_max_samples=0"]
-    sets += [f"model.crop_size={args.crop}"] + ([] if args.full else [f"model.width={args.width}"])
+            "data.val_max_samples=0"]
+    sets += [f"model.crop_size={args.crop}"] + ([f"model.width={args.width}"] if args.width and not args.full else [])
+    if not args.full:  # CPU: the cores shared out between the parallel runs, decoding in the training process
+        sets += ["data.num_workers=0", f"threads={max(1, (os.cpu_count() or 1) // args.jobs)}"]
+    sets += args.overrides
     ck = run_dir / "last.pt"
     done = run_dir / "train.done"
     if not done.is_file():
@@ -95,7 +103,7 @@ def train_and_eval(args, out: Path, arm: str, seed: int, log: Path) -> Path:
     ev = run_dir / "eval"
     if not (ev / "predictions.parquet").is_file():
         run([bin_path("perspose-eval"), "--ckpt", str(run_dir / "best.pt"), "--shards",
-             str(out / "shards" / variant / "test"), "--out", str(ev), "--workers", "1", "--no-progress"], log)
+             str(out / "shards" / variant / "test"), "--out", str(ev), "--workers", "0", "--no-progress"], log)
     return ev / "predictions.parquet"
 
 
@@ -144,16 +152,17 @@ def summarize(preds: dict, seeds: list[int], bin_deg: float = 10.0) -> dict:
 
 def markdown(res: dict, n: int, args, compute: dict, ref: dict) -> str:
     lines = [f"Synthetic perspective benchmark: {n} test samples common to every run, seeds {args.seeds}, "
-             f"{'W48' if args.full else f'width {args.width}'}, {args.crop} px crops, {args.steps} steps of batch "
+             f"{'W48' if args.full else f'width {args.width}' if args.width else f'the {args.preset} model'}, {args.crop} px crops, {args.steps} steps of batch "
              f"{args.batch}. Errors in mm, mean ± std over seeds (std over seeds, population).", "",
-             "| arm | " + " | ".join(h for _, h in METRICS) + " | paper (3DHP) depth / MPJPE |",
-             "|---|" + "---|" * (len(METRICS) + 1)]
+             "| arm | " + " | ".join(h for _, h in METRICS) + " | MPJPE / constant | paper (3DHP) depth / MPJPE |",
+             "|---|" + "---|" * (len(METRICS) + 2)]
     for arm, r in res.items():
         p = PAPER[arm]
         cells = [f"{r['mean'][m]:.1f} ± {r['std'][m]:.1f}" for m, _ in METRICS]
-        lines.append(f"| {ARMS[arm][2]} | " + " | ".join(cells) + f" | {p[0]} / {p[2]} |")
+        ratio = r["mean"]["mpjpe_mm"] / ref["mpjpe_mm"]
+        lines.append(f"| {ARMS[arm][2]} | " + " | ".join(cells) + f" | x{ratio:.2f} | {p[0]} / {p[2]} |")
     lines.append("| *reference: test-set mean pose, zero relative depth* | "
-                 + " | ".join(f"{ref[m]:.1f}" for m, _ in METRICS) + " | |")
+                 + " | ".join(f"{ref[m]:.1f}" for m, _ in METRICS) + " | x1.00 | |")
     lines += ["", "MPJPE (mm) per PR-angle bin (angle between the optical axis and the ray to the box centre):", "",
               "| PR angle (deg) | N | " + " | ".join(ARMS[a][2] for a in res) + " |",
               "|---|---|" + "---|" * len(res)]
@@ -213,19 +222,25 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=100)
     ap.add_argument("--fov-range", type=float, nargs=2, default=(30.0, 120.0))
     ap.add_argument("--crop", type=int, default=64)
-    ap.add_argument("--width", type=int, default=8, help="HRNet width of the small model")
+    ap.add_argument("--width", type=int, default=0, help="HRNet width of the small model (0: the preset's)")
     ap.add_argument("--steps", type=int, default=2000, help="optimizer steps per run")
     ap.add_argument("--epochs", type=int, default=6, help="the steps are split into this many epochs")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--preset", default="demo", help="trainer preset name or YAML file the arms start from")
     ap.add_argument("--full", action="store_true", help="the paper preset (W48); pair with --crop 256 --batch 96 on CUDA")
+    ap.add_argument("--jobs", type=int, default=2, help="runs trained at once (CPU: the cores are split between them)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="trainer override for every arm (repeatable)")
+    ap.add_argument("--synth-args", default="", help="extra perspose-build synth options, e.g. '--min-box-inside 1'")
     args = ap.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.log"
     t0 = time.time()
     make_data(args, out, log)
-    paths = {(a, s): train_and_eval(args, out, a, s, log) for s in args.seeds for a in args.arms}
+    keys = [(a, s) for s in args.seeds for a in args.arms]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:   # each run is a subprocess; threads only wait
+        paths = dict(zip(keys, pool.map(lambda k: train_and_eval(args, out, *k), keys)))
     preds, n = load_predictions(paths)
     res = summarize(preds, args.seeds)
     ref = reference_errors(next(iter(paths.values())), set(next(iter(preds.values()))))

@@ -14,7 +14,7 @@ from trainer.checkpoint import load_checkpoint, model_state_dict, rng_state, sav
     unwrap_model
 from trainer.config import TrainConfig, config_from_dict, dump_yaml, load_config, preset_path, read_recipe
 from trainer.configtools import config_to_dict
-from trainer.losses import LossConfig, pose_losses
+from trainer.losses import LossConfig, heatmap_cross_entropy, pose_losses
 from trainer.train import get_lr, param_groups, segment_end
 
 
@@ -192,6 +192,41 @@ def test_joints_outside_the_crop_are_not_supervised_in_uv():
     pred["uv"][0, 0, 0] = S - 2.5                          # the soft-argmax can go no further
     assert float(pose_losses(pred, batch, LossConfig(), S)["uv"]) == 0.0
     assert float(pose_losses(pred, batch, LossConfig(uv_inside_crop_only=False), S)["uv"]) > 0
+
+
+def test_heatmap_cross_entropy_is_lowest_at_the_target_and_pulls_towards_it():
+    """The auxiliary heatmap term: a distribution equal to the target scores its entropy (the minimum); moving
+    its mass away costs more; its gradient on the logits lowers the cells far from the GT and raises the GT
+    cell; masked joints contribute nothing; pose_losses adds weight x term and asks for the heatmaps."""
+    from trainer.model import soft_argmax
+    S, B, J = 64, 2, 3
+    uv_t = torch.tensor([[[20.3, 33.1], [5.0, 60.0], [40.0, 8.7]]] * B)
+    mask = torch.ones(B, J, dtype=torch.bool)
+    grid = torch.arange(S // 4) * 4 + 1.5
+    gu = torch.exp(-(grid - uv_t[..., 0:1]) ** 2 / 32)
+    gv = torch.exp(-(grid - uv_t[..., 1:2]) ** 2 / 32)
+    target = gv[..., :, None] * gu[..., None, :]
+    target = target / target.sum((-1, -2), keepdim=True)
+    at_target = heatmap_cross_entropy(target, uv_t, mask, S, 1.0)
+    entropy = -torch.special.xlogy(target, target).sum((-1, -2)).mean()
+    assert float(at_target) == pytest.approx(float(entropy), rel=1e-5)
+    shifted = torch.roll(target, 3, dims=-1)
+    assert float(heatmap_cross_entropy(shifted, uv_t, mask, S, 1.0)) > float(at_target) + 1.0
+    logits = torch.zeros(B, J, S // 4, S // 4, requires_grad=True)
+    uv, prob = soft_argmax(logits, S)
+    heatmap_cross_entropy(prob, uv_t, mask, S, 1.0).backward()
+    i, j = int((uv_t[0, 0, 1] - 1.5) / 4 + 0.5), int((uv_t[0, 0, 0] - 1.5) / 4 + 0.5)
+    assert float(logits.grad[0, 0, i, j]) < 0 < float(logits.grad[0, 0, 0, 15])      # descent raises the GT cell
+    none = torch.zeros_like(mask)
+    assert float(heatmap_cross_entropy(prob, uv_t, none, S, 1.0)) == 0.0
+    pred, batch = _loss_batch(S=S)
+    with pytest.raises(ValueError, match="heatmaps"):
+        pose_losses(pred, batch, LossConfig(heatmap_weight=1.0), S)
+    Jall = pred["uv"].shape[1]
+    hm = torch.full((pred["uv"].shape[0], Jall, S // 4, S // 4), 1.0 / (S // 4) ** 2)
+    t = pose_losses({**pred, "heatmaps": hm}, batch, LossConfig(heatmap_weight=2.0), S)
+    assert float(t["heatmap"]) == pytest.approx(math.log((S // 4) ** 2), rel=1e-5)     # uniform: log(cells)
+    assert float(t["total"]) == pytest.approx(2.0 * float(t["heatmap"]), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------- checkpoint

@@ -235,6 +235,17 @@ def test_people_anywhere_and_in_range():
     assert 1.5 <= min(depths) < 2.5 and 8 < max(depths) <= 12.0
 
 
+def test_min_box_inside_keeps_whole_people_in_frame():
+    cfg = SynthConfig(min_box_inside=1.0)
+    for i in range(60):
+        rng = image_rng(5, "train", i)
+        cam = sample_camera(rng, cfg)
+        x, y, w, h = sample_person(rng, cam, cfg).bbox
+        assert x >= -0.5 and y >= -0.5 and x + w <= cam.width - 0.5 and y + h <= cam.height - 0.5
+    r = _run(["--out", "unused", "-n", "1", "--min-box-inside", "0", *SMALL])
+    assert r.exit_code == 2 and "--min-box-inside must lie in (0, 1]" in r.output
+
+
 def test_poses_respect_joint_limits_and_heights():
     rng = np.random.default_rng(0)
     for _ in range(300):

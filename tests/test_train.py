@@ -47,7 +47,9 @@ def tiny_config(shards, **top):
 
 
 def test_fixed_batch_overfits_and_every_parameter_learns(shards):
-    cfg = tiny_config(shards, augment={"enabled": False})
+    # PyTorch's init, as the demo: with the reference N(0, 0.001) init a width-4 HRNet needs far more than 50
+    # steps to start moving uv (113.7 -> 63.4 measured), which made this a test of the init, not of learning
+    cfg = tiny_config(shards, augment={"enabled": False}, model={**TINY, "backbone_init": "torch"})
     torch.manual_seed(0)
     raw, model = build(cfg, CPU)
     opt = torch.optim.AdamW(param_groups(raw, cfg.optim.weight_decay), lr=cfg.optim.lr)
@@ -59,7 +61,7 @@ def test_fixed_batch_overfits_and_every_parameter_learns(shards):
     assert not no_grad, f"no (finite) gradient for {no_grad[:5]}"
     zero = [n for n, p in raw.named_parameters() if float(p.grad.abs().sum()) == 0]
     assert not zero, f"zero gradient for {zero[:5]}"
-    for _ in range(49):  # tiny width, N(0, 0.001) init: uv learns slowly at first
+    for _ in range(49):
         last = train_step(model, opt, batch, cfg, 2e-3)
     assert all(torch.isfinite(v) for v in last.values())
     assert float(last["total"]) < 0.5 * float(first["total"]), (float(first["total"]), float(last["total"]))

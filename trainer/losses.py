@@ -46,12 +46,20 @@ class LossConfig:
     depth_unit_m: float = 0.01           # d error unit: centimetres
     scale_unit: float = 1e-3             # s-hat error unit: millimetres per reference pixel
     uv_inside_crop_only: bool = True     # drop GT joints outside [-0.5, S - 0.5]^2 from the uv term
+    # Not in the paper (0 = off, the paper preset): cross-entropy of each joint's heatmap against a Gaussian at
+    # its GT uv (sigma in heatmap cells). The soft-argmax alone gives a heatmap a gradient only through its
+    # mean, so a network trained from scratch spreads probability for a long time; the demo turns this on
+    # (docs/learning.md has the measured effect).
+    heatmap_weight: float = 0.0
+    heatmap_sigma: float = 1.0
 
     def __post_init__(self):
         if self.reference_crop <= 0 or self.depth_unit_m <= 0 or self.scale_unit <= 0:
             raise ValueError("reference_crop, depth_unit_m and scale_unit must be positive")
-        if self.uvd_weight < 0 or self.scale_weight < 0:
+        if min(self.uvd_weight, self.scale_weight, self.heatmap_weight) < 0:
             raise ValueError("loss weights must be non-negative")
+        if self.heatmap_sigma <= 0:
+            raise ValueError("heatmap_sigma must be positive")
 
 
 def masked_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -87,7 +95,30 @@ def pose_losses(pred: dict, batch: dict, cfg: LossConfig, crop_size: int) -> dic
         "scale": masked_mean((s_p - s_t).abs() * (crop_size / cfg.reference_crop) / cfg.scale_unit, has_3d),
     }
     terms["total"] = cfg.uvd_weight * (terms["uv"] + terms["d"]) + cfg.scale_weight * terms["scale"]
+    if cfg.heatmap_weight > 0:
+        if "heatmaps" not in pred:
+            raise ValueError("loss.heatmap_weight > 0 needs the model's heatmaps (return_heatmaps=True)")
+        terms["heatmap"] = heatmap_cross_entropy(pred["heatmaps"].float(), uv_t, mask_uv, crop_size,
+                                                 cfg.heatmap_sigma)
+        terms["total"] = terms["total"] + cfg.heatmap_weight * terms["heatmap"]
     return terms
+
+
+def heatmap_cross_entropy(prob: torch.Tensor, uv_t: torch.Tensor, mask: torch.Tensor, crop_size: int,
+                          sigma_cells: float) -> torch.Tensor:
+    """Masked mean over joints of -sum_cells target * log(prob), the target a normalised Gaussian at the GT uv
+    (crop pixels) on the heatmap's cell centres (the same grid the soft-argmax uses). Nats; 0-d tensor."""
+    from pipeline.geometry_torch import crop_pixel_grid
+
+    from .model import HEATMAP_STRIDE
+    grid = crop_pixel_grid(crop_size, HEATMAP_STRIDE, prob.device, torch.float32)      # (S/4,) pixel centres
+    two_s2 = 2.0 * (sigma_cells * HEATMAP_STRIDE) ** 2
+    gu = torch.exp(-(grid[None, None, :] - uv_t[..., 0:1]) ** 2 / two_s2)             # (B, J, W)
+    gv = torch.exp(-(grid[None, None, :] - uv_t[..., 1:2]) ** 2 / two_s2)             # (B, J, H)
+    target = gv[..., :, None] * gu[..., None, :]
+    target = target / target.flatten(2).sum(-1).clamp_min(1e-12)[..., None, None]
+    ce = -(target * prob.clamp_min(1e-12).log()).flatten(2).sum(-1)                   # (B, J)
+    return masked_mean(ce, mask)
 
 
 def _safe_norm(x: torch.Tensor) -> torch.Tensor:

@@ -161,7 +161,8 @@ def train_step(model, optimizer, batch: dict, cfg: TrainConfig, lr: float) -> di
     for g in optimizer.param_groups:
         g["lr"] = lr
     with autocast(cfg, batch["image"].device):
-        out = model(batch["image"], batch["K_crop"], batch["has_intrinsics"])
+        out = model(batch["image"], batch["K_crop"], batch["has_intrinsics"],
+                    return_heatmaps=cfg.loss.heatmap_weight > 0)
     terms = pose_losses(out, batch, cfg.loss, cfg.model.crop_size)
     optimizer.zero_grad(set_to_none=True)
     terms["total"].backward()
