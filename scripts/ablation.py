@@ -82,7 +82,7 @@ def train_and_eval(args, out: Path, arm: str, seed: int) -> Path:
     steps_per_epoch = max(1, args.steps // args.epochs)
     sets = [f"model.use_pe={str(use_pe).lower()}", f"seed={seed}", f"batch_size={args.batch}",
             f"epoch_samples={steps_per_epoch * args.batch}", f"epochs={args.epochs}", f"max_steps={args.steps}",
-            f"optim.decay_every_epochs={max(1.0, args.epochs / 3):g}", f"checkpoint_every_steps={steps_per_epoch}",
+            f"optim.decay_every_epochs={args.epochs / 4:g}", f"checkpoint_every_steps={steps_per_epoch}",
             "data.val_max_samples=0"]
     sets += [f"model.crop_size={args.crop}"] + ([f"model.width={args.width}"] if args.width and not args.full else [])
     if not args.full:  # CPU: the cores shared out between the parallel runs, decoding in the training process
@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (the data stay the same)")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    ap.add_argument("--n-train", type=int, default=3000)
+    ap.add_argument("--n-train", type=int, default=8000)
     ap.add_argument("--n-val", type=int, default=200)
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--data-seed", type=int, default=100)
@@ -224,14 +224,15 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--width", type=int, default=0, help="HRNet width of the small model (0: the preset's)")
     ap.add_argument("--steps", type=int, default=2000, help="optimizer steps per run")
-    ap.add_argument("--epochs", type=int, default=6, help="the steps are split into this many epochs")
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=8, help="the steps are split into this many epochs (lr x0.4 "
+                    "after each quarter)")
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--preset", default="demo", help="trainer preset name or YAML file the arms start from")
     ap.add_argument("--full", action="store_true", help="the paper preset (W48); pair with --crop 256 --batch 96 on CUDA")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at once (CPU: the cores are split between them)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="trainer override for every arm (repeatable)")
-    ap.add_argument("--synth-args", default="", help="extra perspose-build synth options, e.g. '--min-box-inside 1'")
+    ap.add_argument("--synth-args", default="--min-box-inside 1", help="extra perspose-build synth options, e.g. '--min-box-inside 1'")
     args = ap.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

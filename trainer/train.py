@@ -2,7 +2,8 @@
 
 One call, :func:`train`, runs the whole job on one process or under ``torchrun`` (DDP: nccl on CUDA, gloo on CPU;
 SyncBatchNorm only on CUDA). On CUDA: bf16 autocast, channels_last, optional torch.compile, pinned memory and
-non-blocking copies; on the CPU: fp32. Images reach the device as uint8 and are normalised there; the model builds
+non-blocking copies; on the CPU: fp32 (``precision: bf16`` opts in), channels_last, and torch threads that leave
+the loader workers their cores (:func:`cpu_threads`). Images reach the device as uint8 and are normalised there; the model builds
 the PE map from K_crop.
 
 Exact resume. The data stream is cut into *segments* that end at every ``checkpoint_every_steps`` step, at every
@@ -131,7 +132,7 @@ def build(cfg: TrainConfig, dist: Dist):
     if cfg.pretrained:
         load_pose_hrnet_weights(raw, cfg.pretrained)
     cuda = dist.device.type == "cuda"
-    raw = raw.to(dist.device, memory_format=torch.channels_last if cuda and cfg.channels_last else torch.preserve_format)
+    raw = raw.to(dist.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     model = raw
     if dist.world_size > 1:
         if cuda and cfg.sync_bn:
@@ -152,7 +153,7 @@ def autocast(cfg: TrainConfig, device: torch.device):
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    out["image"] = normalize_images(out["image"], channels_last=channels_last and device.type == "cuda")
+    out["image"] = normalize_images(out["image"], channels_last=channels_last)
     return out
 
 
