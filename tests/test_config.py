@@ -260,3 +260,15 @@ def test_rng_state_round_trip(tmp_path):
     set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_fast_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from trainer import train as T
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native, raising=False)
+        with T.autocast(TrainConfig(precision="fast"), cpu):
+            y = torch.ones(2, 2) @ torch.ones(2, 2)
+        assert y.dtype == (torch.bfloat16 if native else torch.float32)
+        with T.autocast(TrainConfig(precision="auto"), cpu):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

@@ -143,10 +143,17 @@ def build(cfg: TrainConfig, dist: Dist):
     return raw, model
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (Intel AMX tiles); elsewhere bf16 autocast is emulated and
+    slower than fp32."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
 def autocast(cfg: TrainConfig, device: torch.device):
-    if device.type == "cuda" and cfg.precision in ("auto", "bf16"):
+    if device.type == "cuda" and cfg.precision in ("auto", "bf16", "fast"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if cfg.precision == "bf16":
+    if cfg.precision == "bf16" or (cfg.precision == "fast" and cpu_has_native_bf16()):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
