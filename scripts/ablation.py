@@ -13,9 +13,9 @@ One command runs it end to end, with the toolkit's own console scripts, and resu
 5. ``OUT/ablation.md`` and ``results.json``: depth error, PA-MPJPE, MPJPE per arm (mean +- std over seeds), the
    same per PR-angle bin; ``arms.png`` (the arms compared) and ``error_vs_pr_angle.png``.
 
-Defaults are sized for ~10 minutes per arm and seed on 2 CPU cores (tiny HRNet, 64 px crops); ``--full`` is the
-paper's model (W48, 256 px) for a CUDA machine. Usage:
-    .venv/bin/python scripts/ablation.py --out runs/ablation [--seeds 0 1] [--steps 2000] [--full]
+Defaults are the demo preset at the demo budget (light HRNet, 64 px crops, 1750 steps of 64), two runs at a
+time on 2 CPU cores (``--jobs``); ``--full`` is the paper's model (W48, 256 px) for a CUDA machine. Usage:
+    .venv/bin/python scripts/ablation.py --out runs/ablation [--seeds 0 1] [--steps 1750] [--jobs 2] [--full]
 """
 from __future__ import annotations
 
@@ -223,10 +223,10 @@ def main() -> None:
     ap.add_argument("--fov-range", type=float, nargs=2, default=(30.0, 120.0))
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--width", type=int, default=0, help="HRNet width of the small model (0: the preset's)")
-    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps per run")
+    ap.add_argument("--steps", type=int, default=1750, help="optimizer steps per run")
     ap.add_argument("--epochs", type=int, default=8, help="the steps are split into this many epochs (lr x0.4 "
                     "after each quarter)")
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--preset", default="demo", help="trainer preset name or YAML file the arms start from")
     ap.add_argument("--full", action="store_true", help="the paper preset (W48); pair with --crop 256 --batch 96 on CUDA")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at once (CPU: the cores are split between them)")

@@ -218,7 +218,7 @@ def test_heatmap_cross_entropy_is_lowest_at_the_target_and_pulls_towards_it():
     i, j = int((uv_t[0, 0, 1] - 1.5) / 4 + 0.5), int((uv_t[0, 0, 0] - 1.5) / 4 + 0.5)
     assert float(logits.grad[0, 0, i, j]) < 0 < float(logits.grad[0, 0, 0, 15])      # descent raises the GT cell
     none = torch.zeros_like(mask)
-    assert float(heatmap_cross_entropy(prob, uv_t, none, S, 1.0)) == 0.0
+    assert float(heatmap_cross_entropy(prob.detach(), uv_t, none, S, 1.0)) == 0.0
     pred, batch = _loss_batch(S=S)
     with pytest.raises(ValueError, match="heatmaps"):
         pose_losses(pred, batch, LossConfig(heatmap_weight=1.0), S)
