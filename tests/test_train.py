@@ -116,7 +116,8 @@ def test_cli_trains_writes_outputs_and_resumes(shards, tmp_path):
     assert ck["step"] == 2 and ck["config"]["model"]["width"] == 4
     assert config_from_dict(ck["config"]).model == ModelConfig(**{**TINY, "head_planes": (2, 4, 8, 16),
                                                                    "skeletons": tuple(TINY["skeletons"]),
-                                                                   "backbone_init": "torch"})  # demo preset
+                                                                   "backbone_init": "torch", "stage_modules": (1, 1, 1),
+                                                                   "stage_blocks": 1})  # demo preset
     r = _cli([*args, "--set", "max_steps=2"])
     assert r.exit_code == 2 and "already holds a run" in r.output
     r = _cli(["--out", run, "--resume", "--set", "max_steps=4"])
