@@ -1,5 +1,9 @@
 """The whole chain on one batch (slow): the demo model memorises 64 synthetic training samples to < 15 mm MPJPE
-and < 1 crop pixel, decoded exactly as perspose-eval decodes them (R^T back to the original camera)."""
+and < 1 crop pixel, decoded exactly as perspose-eval decodes them (R^T back to the original camera).
+
+The people are wholly in frame (--min-box-inside 1): a joint outside the image gets no uv supervision (the
+reference's valid mask), so memorising it is not expected; with cut people the same run stops at ~21 mm MPJPE
+while the supervised joints are at 0.06 px."""
 from __future__ import annotations
 
 import importlib.util
@@ -23,7 +27,8 @@ def _overfit_module():
 @pytest.mark.slow
 def test_demo_model_memorises_64_samples(tmp_path):
     r = CliRunner().invoke(build_main, ["synth", "--out", str(tmp_path / "synth"), "-n", "64", "--seed", "5",
-                                        "--second-person-prob", "0", "--jobs", "1", "--no-progress"])
+                                        "--second-person-prob", "0", "--min-box-inside", "1", "--jobs", "1",
+                                        "--no-progress"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(build_main, ["shards", str(tmp_path / "synth" / "manifest.parquet"), "--out",
                                         str(tmp_path / "shards"), "--crop", "64", "--no-progress"])
