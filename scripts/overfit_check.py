@@ -48,43 +48,44 @@ def run(shard_dir: str, n: int, steps: int, every: int, lr: float, preset: str, 
     samples = first_samples(list_shards([shard_dir]), n)
     if len(samples) < n:
         raise SystemExit(f"{shard_dir}: only {len(samples)} samples, need {n}")
-    tmp = Path(tempfile.mkdtemp(prefix="overfit_"))
-    write_tar(tmp / "overfit-000000.tar", samples)
-    data = {"train": [{"name": "overfit", "paths": [str(tmp)]}], "val": [str(tmp)], "num_workers": 0}
-    cfg = load_config(preset, ["augment.enabled=false", f"batch_size={n}", "max_steps=0", *overrides], data)
-    cpu = Dist(0, 1, 0, torch.device("cpu"))
-    raw, model = build(cfg, cpu)
-    opt = torch.optim.AdamW(param_groups(raw, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas)
-    _, val = resolve_data(cfg)
-    batch = to_device(next(iter(make_eval_loader(val, loader_config(cfg, cpu, 0, None), batch_size=n))),
-                      cpu.device, False)
-    predict = model_predict_fn(raw, tuple(cfg.model.skeletons), "cpu", flip_test=False)
-    history, t0 = [], time.perf_counter()
-    for step in range(1, steps + 1):
-        raw.train()
-        warm = min(1.0, step / 50)                     # a short warm-up keeps the first Adam steps sane
-        decay = 0.1 if step > 0.8 * steps else 1.0     # a last low-lr stretch settles batch-norm statistics
-        terms = train_step(model, opt, batch, cfg, lr * warm * decay)
-        if step % every and step != steps:
-            continue
-        raw.eval()
-        with torch.no_grad():
-            out = raw(batch["image"], batch["K_crop"], batch["has_intrinsics"])
-        mask = batch["mask_uv"] > 0
-        uv_err = float((out["uvd"][..., :2] - batch["uvd"][..., :2].float()).norm(dim=-1)[mask].mean())
-        rec = evaluate(predict, [tmp / "overfit-000000.tar"], batch_size=n, crop_size=cfg.model.crop_size,
-                       skeletons=cfg.model.skeletons, progress=False)["records"]
-        row = {"step": step, "loss": float(terms["total"]), "mpjpe_mm": float(np.mean(rec["mpjpe"])),
-               "pa_mpjpe_mm": float(np.mean(rec["pa_mpjpe"])), "depth_err_mm": float(np.mean(rec["depth_err"])),
-               "uv_px": uv_err, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        log(f"step {step:5d}  loss {row['loss']:8.3f}  MPJPE {row['mpjpe_mm']:7.2f} mm  PA {row['pa_mpjpe_mm']:6.2f}"
-            f"  depth {row['depth_err_mm']:6.2f} mm  uv {uv_err:5.2f} px  ({row['seconds']:.0f} s)")
-        if row["mpjpe_mm"] < mpjpe_mm and row["uv_px"] < uv_px:
-            break
-    last = history[-1]
-    return {"passed": last["mpjpe_mm"] < mpjpe_mm and last["uv_px"] < uv_px, "history": history, "n": n,
-            "samples": len(rec["mpjpe"])}
+    with tempfile.TemporaryDirectory(prefix="overfit_") as tmp_dir:   # the one-shard copy goes with the run
+        tmp = Path(tmp_dir)
+        write_tar(tmp / "overfit-000000.tar", samples)
+        data = {"train": [{"name": "overfit", "paths": [str(tmp)]}], "val": [str(tmp)], "num_workers": 0}
+        cfg = load_config(preset, ["augment.enabled=false", f"batch_size={n}", "max_steps=0", *overrides], data)
+        cpu = Dist(0, 1, 0, torch.device("cpu"))
+        raw, model = build(cfg, cpu)
+        opt = torch.optim.AdamW(param_groups(raw, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas)
+        _, val = resolve_data(cfg)
+        batch = to_device(next(iter(make_eval_loader(val, loader_config(cfg, cpu, 0, None), batch_size=n))),
+                          cpu.device, False)
+        predict = model_predict_fn(raw, tuple(cfg.model.skeletons), "cpu", flip_test=False)
+        history, t0 = [], time.perf_counter()
+        for step in range(1, steps + 1):
+            raw.train()
+            warm = min(1.0, step / 50)                     # a short warm-up keeps the first Adam steps sane
+            decay = 0.1 if step > 0.8 * steps else 1.0     # a last low-lr stretch settles batch-norm statistics
+            terms = train_step(model, opt, batch, cfg, lr * warm * decay)
+            if step % every and step != steps:
+                continue
+            raw.eval()
+            with torch.no_grad():
+                out = raw(batch["image"], batch["K_crop"], batch["has_intrinsics"])
+            mask = batch["mask_uv"] > 0
+            uv_err = float((out["uvd"][..., :2] - batch["uvd"][..., :2].float()).norm(dim=-1)[mask].mean())
+            rec = evaluate(predict, [tmp / "overfit-000000.tar"], batch_size=n, crop_size=cfg.model.crop_size,
+                           skeletons=cfg.model.skeletons, progress=False)["records"]
+            row = {"step": step, "loss": float(terms["total"]), "mpjpe_mm": float(np.mean(rec["mpjpe"])),
+                   "pa_mpjpe_mm": float(np.mean(rec["pa_mpjpe"])), "depth_err_mm": float(np.mean(rec["depth_err"])),
+                   "uv_px": uv_err, "seconds": time.perf_counter() - t0}
+            history.append(row)
+            log(f"step {step:5d}  loss {row['loss']:8.3f}  MPJPE {row['mpjpe_mm']:7.2f} mm  PA {row['pa_mpjpe_mm']:6.2f}"
+                f"  depth {row['depth_err_mm']:6.2f} mm  uv {uv_err:5.2f} px  ({row['seconds']:.0f} s)")
+            if row["mpjpe_mm"] < mpjpe_mm and row["uv_px"] < uv_px:
+                break
+        last = history[-1]
+        return {"passed": last["mpjpe_mm"] < mpjpe_mm and last["uv_px"] < uv_px, "history": history, "n": n,
+                "samples": len(rec["mpjpe"])}
 
 
 def main(argv=None) -> int:
