@@ -60,4 +60,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.errors import InputError
+    try:
+        main()
+    except InputError as e:     # bad checkpoint or shards: one line naming the file, exit 2
+        sys.exit(print(f"error: {e}", file=sys.stderr) or 2)

@@ -47,7 +47,8 @@ def run(shard_dir: str, n: int, steps: int, every: int, lr: float, preset: str, 
     torch.set_num_threads(threads)
     samples = first_samples(list_shards([shard_dir]), n)
     if len(samples) < n:
-        raise SystemExit(f"{shard_dir}: only {len(samples)} samples, need {n}")
+        from pipeline.errors import InputError
+        raise InputError(f"{shard_dir}: only {len(samples)} samples, need {n}")
     with tempfile.TemporaryDirectory(prefix="overfit_") as tmp_dir:   # the one-shard copy goes with the run
         tmp = Path(tmp_dir)
         write_tar(tmp / "overfit-000000.tar", samples)
@@ -111,4 +112,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.errors import InputError
+    try:
+        sys.exit(main())
+    except InputError as e:     # bad shards: one line naming the file, exit 2, like the console scripts
+        sys.exit(print(f"error: {e}", file=sys.stderr) or 2)

@@ -273,3 +273,13 @@ def test_fast_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
         assert y.dtype == (torch.bfloat16 if native else torch.float32)
         with T.autocast(TrainConfig(precision="auto"), cpu):
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_cpu_threads_leave_the_loader_workers_their_cores(monkeypatch):
+    from trainer import train as T
+    monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert T.cpu_threads(TrainConfig(threads=3)) == 3                               # explicit wins
+    assert T.cpu_threads(config_from_dict({"data": {"num_workers": 2}})) == 6       # 8 cores - 2 workers
+    assert T.cpu_threads(config_from_dict({"data": {"num_workers": 2}}), world_size=4) == 1   # never 0
+    with pytest.raises(InputError, match="threads"):
+        config_from_dict({"threads": -1})

@@ -38,3 +38,11 @@ def test_demo_model_memorises_64_samples(tmp_path):
                                 overrides=[], mpjpe_mm=15.0, uv_px=1.0, threads=1, log=lines.append)
     assert res["samples"] == 64
     assert res["passed"], "\n".join(lines)
+
+
+def test_bad_shards_are_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "overfit_check.py"), str(tmp_path / "none")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and str(tmp_path / "none") in r.stderr

@@ -73,7 +73,6 @@ class ModelConfig:
     # "torch": PyTorch's default (Kaiming-uniform) init, which trains from scratch several times faster (measured
     # on the demo model: uv error 45 vs 81 reference px after 20 steps on a fixed batch) -- the demo's choice.
     backbone_init: Literal["hrnet", "torch"] = "hrnet"
-    heatmap_scale: float = 1.0                       # logits x this before the spatial softmax (1 = reference)
 
     def __post_init__(self):
         # YAML gives lists: store tuples so the config stays hashable and frozen
@@ -224,7 +223,7 @@ class PersPose(nn.Module):
         g = self.global_head(feats)
         with torch.autocast(device_type=x.device.type, enabled=False):
             logits = self.heatmap_head(feats[0].float())
-            uv, prob = soft_argmax(logits * self.cfg.heatmap_scale if self.cfg.heatmap_scale != 1.0 else logits, s)
+            uv, prob = soft_argmax(logits, s)
             g = g.float()
             d = DEPTH_RANGE_M * (torch.sigmoid(self.depth_head(g)) - 0.5) * self.depth_mask
             sig = torch.sigmoid(self.scale_head(g)[:, 0])
