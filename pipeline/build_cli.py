@@ -91,7 +91,8 @@ def _build_recipe(recipe: Path, variables: dict, out: Path, cfg, progress: bool,
 
     from .build import build_shards
     from .fsutil import atomic_write_text
-    from .recipe import load_recipe, recipe_source_manifests, training_recipe
+    from .recipe import load_recipe, recipe_source_manifests
+    from .training_recipe import write_training_recipe
     from .verify import verify_dir
 
     rec = load_recipe(recipe, variables)
@@ -108,7 +109,7 @@ def _build_recipe(recipe: Path, variables: dict, out: Path, cfg, progress: bool,
         click.echo(f"verified {report.samples} samples in {report.shards} shards ({shard_dir})")
         built.append((source, shard_dir))
         rejected += len(res.rejected)
-    doc = training_recipe(rec, built, out)
+    doc = write_training_recipe([(s.name, s.target, s.ratio, d) for s, d in built], out, rec.name)
     header = (f"# Written by perspose-build shards --recipe {recipe}: the shard sets of recipe '{rec.name}'.\n"
               f"# perspose-train --recipe {out / 'recipe.yaml'}  /  perspose-eval --recipe {out / 'recipe.yaml'}\n")
     atomic_write_text(out / "recipe.yaml", header + yaml.safe_dump(doc, sort_keys=False))

@@ -33,7 +33,7 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Source", "Recipe", "load_recipe", "recipe_source_manifests", "training_recipe", "PASS_THROUGH"]
+__all__ = ["Source", "Recipe", "load_recipe", "recipe_source_manifests", "PASS_THROUGH"]
 
 PASS_THROUGH = "manifest"
 _TOP_KEYS = {"name", "description", "vars", "splits"}
@@ -191,22 +191,3 @@ def recipe_source_manifests(recipe: Recipe, out_dir, check_images: bool = True,
             finish_manifest(res.rows, res.rejected, out, meta, res.image_root, check_images)
             result.append((s, out))
     return result
-
-
-def training_recipe(recipe: Recipe, shard_dirs: list[tuple[Source, Path]], base: Path) -> dict:
-    """The recipe ``perspose-train --recipe`` and ``perspose-eval --recipe`` read (trainer.config.read_recipe's
-    shape), for shards built one directory per source: ``train`` (sources with their mix ratios), ``val`` and
-    ``test`` (other recipe splits have no role in training or evaluation and are left out). Paths are relative to
-    ``base``, the directory the recipe file is written to, so the shard tree can be moved as a whole."""
-    doc: dict = {}
-    for s, d in shard_dirs:
-        rel = str(Path(d).relative_to(base))
-        if s.target == "train":
-            doc.setdefault("train", []).append({"name": s.name, "shards": rel,
-                                                "ratio": 1.0 if s.ratio is None else s.ratio})
-        elif s.target in ("val", "test"):
-            doc.setdefault(s.target, []).append({"name": s.name, "shards": rel})
-        else:
-            log.info("recipe %s: split %r is not train, val or test; not listed in the training recipe",
-                     recipe.name, s.target)
-    return doc

@@ -11,7 +11,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Mapping
 
-__all__ = ["Skeleton", "get_skeleton", "SKELETONS", "joint_slices"]
+__all__ = ["Skeleton", "get_skeleton", "SKELETONS", "DEFAULT_SKELETONS", "joint_slices"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,9 @@ _COCO17 = Skeleton(
 
 SKELETONS: Mapping[str, Skeleton] = MappingProxyType(
     {s.name: s for s in (_SMPL24, _H36M17, _MPII3DHP17, _MPII3DHP28, _COCO17)})
+
+# the joint sets a model predicts by default (their concatenation, in this order): the paper's training mix
+DEFAULT_SKELETONS = ("smpl24", "h36m17", "mpi_inf_3dhp17", "coco17")
 
 
 def get_skeleton(name: str) -> Skeleton:

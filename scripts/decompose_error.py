@@ -27,7 +27,8 @@ def main(argv=None) -> None:
     from pipeline.report import print_table
     from trainer.checkpoint import load_checkpoint
     from trainer.eval_cli import build_from_checkpoint
-    from trainer.evaluate import evaluate, list_shards, model_predict_fn
+    from trainer.evaluate import evaluate, model_predict_fn
+    from trainer.shards import resolve_shards
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ckpt", type=Path)
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
             return {"uvd": uvd, "scale": scale}
         return fn
 
-    shards, rows = list_shards(a.shards), []
+    shards, rows = resolve_shards(a.shards, cfg.crop_size, skeletons=cfg.skeletons), []
     for name, kw in ROWS:
         rec = evaluate(swapped(**kw), shards, crop_size=cfg.crop_size, skeletons=cfg.skeletons, progress=False)["records"]
         rows.append([name, float(np.mean(rec["mpjpe"])), float(np.mean(rec["pa_mpjpe"])), float(np.mean(rec["depth_err"]))])

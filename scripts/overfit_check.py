@@ -40,12 +40,13 @@ def run(shard_dir: str, n: int, steps: int, every: int, lr: float, preset: str, 
 
     from pipeline.shard import write_tar
     from trainer.config import load_config
-    from trainer.data import make_eval_loader
-    from trainer.evaluate import evaluate, list_shards, model_predict_fn
+    from trainer.data import first_batch
+    from trainer.evaluate import evaluate, model_predict_fn
+    from trainer.shards import resolve_shards
     from trainer.train import Dist, build, loader_config, param_groups, resolve_data, to_device, train_step
 
     torch.set_num_threads(threads)
-    samples = first_samples(list_shards([shard_dir]), n)
+    samples = first_samples([Path(u) for u in resolve_shards(shard_dir).urls], n)
     if len(samples) < n:
         from pipeline.errors import InputError
         raise InputError(f"{shard_dir}: only {len(samples)} samples, need {n}")
@@ -58,8 +59,7 @@ def run(shard_dir: str, n: int, steps: int, every: int, lr: float, preset: str, 
         raw, model = build(cfg, cpu)
         opt = torch.optim.AdamW(param_groups(raw, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas)
         _, val = resolve_data(cfg)
-        batch = to_device(next(iter(make_eval_loader(val, loader_config(cfg, cpu, 0, None), batch_size=n))),
-                          cpu.device, False)
+        batch = to_device(first_batch(val[0], loader_config(cfg, cpu, 0, None), n), cpu.device, False)
         predict = model_predict_fn(raw, tuple(cfg.model.skeletons), "cpu", flip_test=False)
         history, t0 = [], time.perf_counter()
         for step in range(1, steps + 1):

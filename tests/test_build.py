@@ -227,12 +227,13 @@ def test_cli_recipe_builds_then_verifies(tmp_path):
     assert pq.read_table(out / "train" / "a" / "index.parquet").column("split").to_pylist() == ["train"] * 3
     assert pq.read_table(out / "test" / "b" / "index.parquet").column("split").to_pylist() == ["test"] * 2
     # the written recipe is what perspose-train and perspose-eval read: train with ratios, test for evaluation
-    from trainer.config import read_recipe
-    from trainer.eval_cli import recipe_shards
-    data = read_recipe(out / "recipe.yaml")
-    assert data["train"] == [{"name": "a", "paths": [str((out / "train" / "a").resolve())], "ratio": 1.0}]
-    assert "val" not in data
-    assert recipe_shards(out / "recipe.yaml") == [out / "test" / "b"]
+    from pipeline.training_recipe import RecipeSource, read_training_recipe
+    from trainer.train_cli import recipe_data_section
+    back = read_training_recipe(out / "recipe.yaml")
+    assert back.train == (RecipeSource("a", (str((out / "train" / "a").resolve()),), 1.0),) and not back.val
+    assert back.eval_shards() == [str((out / "test" / "b").resolve())]
+    assert recipe_data_section(out / "recipe.yaml") == {
+        "train": [{"name": "a", "paths": [str((out / "train" / "a").resolve())], "ratio": 1.0}]}
     r = runner.invoke(main, ["shards", "--recipe", str(recipe), "--var", f"D={tmp_path / 'd'}", "--out", str(out),
                              "--jobs", "1", "--no-progress"])
     assert r.exit_code == 0 and r.output.count("reused 1 shards") == 2, r.output

@@ -12,7 +12,7 @@ import yaml
 from pipeline.errors import InputError
 from trainer.checkpoint import load_checkpoint, model_state_dict, rng_state, save_checkpoint, set_rng_state, \
     unwrap_model
-from trainer.config import TrainConfig, config_from_dict, dump_yaml, load_config, preset_path, read_recipe
+from trainer.config import TrainConfig, config_from_dict, dump_yaml, load_config, preset_path
 from trainer.configtools import config_to_dict
 from trainer.losses import LossConfig, heatmap_cross_entropy, pose_losses
 from trainer.train import get_lr, param_groups, segment_end
@@ -91,21 +91,6 @@ def test_yaml_round_trip_of_the_resolved_config():
     assert config_to_dict(back) == yaml.safe_load(text)
 
 
-def test_recipe_paths_are_relative_to_the_recipe(tmp_path):
-    r = tmp_path / "sub" / "mix.yaml"
-    r.parent.mkdir()
-    r.write_text("train:\n  - {name: a, shards: sa, ratio: 0.3}\n  - {name: b, shards: [sb1, sb2], ratio: 0.7}\n"
-                 "val: [sv]\neval: [{shards: st}]\n")
-    d = read_recipe(r)
-    assert d["train"][1]["paths"] == [str(r.parent / "sb1"), str(r.parent / "sb2")]
-    assert d["val"] == [str(r.parent / "sv")]
-    cfg = load_config("demo", (), d)
-    assert [s.ratio for s in cfg.data.train] == [0.3, 0.7]
-    r.write_text("training: []\n")
-    with pytest.raises(InputError, match="training"):
-        read_recipe(r)
-
-
 # ------------------------------------------------------------------------------------------------- schedule
 def test_lr_schedule_is_the_reference_one():
     c = TrainConfig()  # 3125 steps per epoch
@@ -119,6 +104,43 @@ def test_lr_schedule_is_the_reference_one():
     # the fractional epoch counts global samples: 2 ranks reach the same epoch in half the steps
     assert get_lr(1000, c, world_size=2) == pytest.approx(get_lr(2000, c))
     assert get_lr(8000, c, world_size=2) == pytest.approx(get_lr(16000, c))
+
+
+def test_cosine_schedule_runs_from_lr_after_warmup_to_the_floor_at_the_last_step():
+    c = load_config("demo", ["optim.schedule=cosine", "optim.min_lr_ratio=0.1", "optim.warmup_epochs=1"])
+    spe, last = math.ceil(c.epoch_samples / c.batch_size), c.total_steps() - 1   # spe: the first step at e >= 1
+    lr = c.optim.lr
+    assert get_lr(0, c) == pytest.approx(lr * 0.01)                   # the warm-up is unchanged
+    assert get_lr(spe, c) == pytest.approx(lr, rel=1e-5)              # e = W: the cosine starts at lr
+    assert get_lr(last, c) == pytest.approx(lr * 0.1)                 # and ends at lr * min_lr_ratio
+    mid = (spe + last) / 2
+    assert get_lr(int(mid), c) == pytest.approx(lr * 0.55, rel=2e-3)  # half-way: the mean of the two ends
+    steps = [get_lr(i, c) for i in range(spe, last + 1)]
+    assert all(a >= b for a, b in zip(steps, steps[1:]))              # monotone
+    assert get_lr(last // 2, c, world_size=2) == pytest.approx(get_lr(last // 2 * 2, c), rel=1e-3)
+    with pytest.raises(InputError, match="schedule"):
+        load_config("demo", ["optim.schedule=linear"])
+
+
+def test_ema_averages_every_float_entry_and_copies_counters():
+    from trainer.ema import ema_decay_at, make_ema, update_ema
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+    ema = make_ema(net)
+    start = {k: v.clone() for k, v in ema.state_dict().items()}
+    assert not any(p.requires_grad for p in ema.parameters())
+    net(torch.randn(4, 2, 5, 5))                                      # moves the BN statistics and the counter
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    update_ema(ema, net, 0.75)
+    now, src = ema.state_dict(), net.state_dict()
+    for k, v in now.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, 0.75 * start[k] + 0.25 * src[k], atol=1e-7), k
+        else:
+            assert torch.equal(v, src[k]), k                          # num_batches_tracked
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10**6, 0.999) == 0.999
 
 
 def test_segments_end_at_checkpoints_epochs_and_the_last_step():

@@ -81,7 +81,7 @@ def built(tmp_path_factory):
 @pytest.mark.parametrize("pr", [True, False])
 def test_ground_truth_predictions_give_zero_error_in_original_frame(tmp_path, pr):
     out, rows = _build(tmp_path, pr=pr)
-    res = E.evaluate(_truth, E.list_shards([out]), batch_size=3, progress=False)
+    res = E.evaluate(_truth, [out], batch_size=3, progress=False)
     rec = res["records"]
     assert res["counts"] == {"samples": 13, "evaluated": 12, "skipped_2d_only": 1}
     for m in ("mpjpe", "pa_mpjpe", "depth_err", "root_err"):
@@ -109,7 +109,7 @@ def test_missing_rotation_back_is_caught(built, monkeypatch):
     out, rows = built
     real = E.joints_from_uvd
     monkeypatch.setattr(E, "joints_from_uvd", lambda uvd, s, K, R=None: real(uvd, s, K, None))
-    rec = E.evaluate(_truth, E.list_shards([out]), batch_size=4, progress=False)["records"]
+    rec = E.evaluate(_truth, [out], batch_size=4, progress=False)["records"]
     big = rec["pr_angle_deg"] > 10
     assert big.sum() >= 6
     assert np.all(rec["root_err"][big] > 100.0)   # metres off at 3-5 m depth and 10-30 deg
@@ -137,7 +137,7 @@ def test_known_perturbations(built):
         uvd[:, :, 2] += 0.010
         uvd[:, root, 2] -= 0.010
         return {"uvd": uvd, "scale": b["scale"] * 1.01}
-    rec = E.evaluate(deeper, E.list_shards([out]), batch_size=5, progress=False)["records"]
+    rec = E.evaluate(deeper, [out], batch_size=5, progress=False)["records"]
     by_id = {r["sample_id"]: r for r in rows}
     for i, sid in enumerate(rec["sample_id"]):
         r = by_id[sid]
@@ -153,7 +153,7 @@ def test_known_perturbations(built):
 
 def test_batch_size_and_order_invariance(built):
     out, _ = built
-    shards = E.list_shards([out])
+    shards = [out]
     a = E.evaluate(_truth, shards, batch_size=1, progress=False)["records"]
     b = E.evaluate(_truth, shards, batch_size=64, progress=False)["records"]
     assert a["sample_id"] == b["sample_id"] == sorted(a["sample_id"])
@@ -164,14 +164,15 @@ def test_batch_size_and_order_invariance(built):
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 def test_loader_workers_give_the_same_result(built):
     out, _ = built
-    shards = E.list_shards([out])  # 2 shards: 2 workers split by shard, 3 workers by sample
+    shards = [out]  # 2 shards: 2 workers split by shard, 3 workers by sample
     ref = E.evaluate(_truth, shards, batch_size=4, progress=False)
     for w in (2, 3):
         got = E.evaluate(_truth, shards, batch_size=4, progress=False, workers=w)
         assert got["counts"] == ref["counts"] and got["records"]["sample_id"] == ref["records"]["sample_id"]
         np.testing.assert_allclose(got["records"]["root_err"], ref["records"]["root_err"], atol=1e-9)
     with pytest.raises(InputError, match="^[^\\n]*not predicted by the model[^\\n]*$"):  # one line from a worker
-        E.evaluate(_truth, shards, skeletons=("smpl24",), progress=False, workers=2)
+        # the first sample is h36m17 (the resolver's check passes); the others fail in the workers
+        E.evaluate(_truth, shards, skeletons=("h36m17",), progress=False, workers=2)
 
 
 def test_protocols_and_actions():
@@ -193,7 +194,7 @@ def test_protocols_and_actions():
 
 def test_report_files(built, tmp_path):
     out, _ = built
-    res = E.evaluate(_truth, E.list_shards([out]), batch_size=4, progress=False)
+    res = E.evaluate(_truth, [out], batch_size=4, progress=False)
     s = summarize(res["records"])
     assert [(r["dataset"], r["protocol"], r["n"]) for r in s["datasets"]] == \
         [("3dhp", "3dhp17", 4), ("h36m", "h36m14", 4), ("synth", "smpl24", 4)]
@@ -233,7 +234,7 @@ def test_reference_rows_are_what_learning_nothing_scores(built):
     """The constant-mean-pose row equals a direct computation per protocol; a model that predicts that constant
     scores x1.00 against it, the perfect model x0.00; the zero-depth row is the mean |relative depth|."""
     out, _ = built
-    rec = E.evaluate(_truth, E.list_shards([out]), batch_size=4, progress=False)["records"]
+    rec = E.evaluate(_truth, [out], batch_size=4, progress=False)["records"]
     s = summarize(rec)
     refs = {(r["dataset"], r["reference"]): r for r in s["references"]}
     assert len(refs) == 6
@@ -258,25 +259,32 @@ def test_reference_rows_are_what_learning_nothing_scores(built):
 
 def test_bad_shard_inputs(tmp_path):
     with pytest.raises(InputError, match="no such shard"):
-        E.list_shards([tmp_path / "nope"])
+        E.evaluate(_truth, [tmp_path / "nope"], progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no .tar shards"):
-        E.list_shards([tmp_path / "empty"])
+        E.evaluate(_truth, [tmp_path / "empty"], progress=False)
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"this is not a tar file at all" * 40)
     with pytest.raises(InputError, match="not a readable tar"):
         E.evaluate(_truth, [bad], progress=False)
     built_dir = _build(tmp_path)[0]
-    with pytest.raises(InputError, match="more than once"):
-        E.evaluate(_truth, E.list_shards([built_dir, built_dir / "test-000000.tar"]), progress=False)
-    with pytest.raises(InputError, match="not predicted"):
-        E.evaluate(_truth, E.list_shards([built_dir]), skeletons=("smpl24",), progress=False)
+    once = E.evaluate(_truth, [built_dir], progress=False)["counts"]   # a shard named twice is read once
+    assert E.evaluate(_truth, [built_dir, built_dir / "test-000000.tar"], progress=False)["counts"] == once
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "again.tar").write_bytes((built_dir / "test-000000.tar").read_bytes())
+    with pytest.raises(InputError, match="more than once"):                # the same samples in another file
+        E.evaluate(_truth, [built_dir, copy], progress=False)
+    with pytest.raises(InputError, match="not predicted by the model"):          # the first sample's, at once
+        E.evaluate(_truth, [built_dir], skeletons=("smpl24",), progress=False)
+    with pytest.raises(InputError, match="not predicted by the model"):          # a later sample's
+        E.evaluate(_truth, [built_dir], skeletons=("h36m17",), progress=False)
 
 
 def test_predict_fn_shape_mismatch_is_reported(built):
     out, _ = built
     with pytest.raises(ValueError, match="expected"):
-        E.evaluate(lambda b: {"uvd": b["uvd"][:, :3], "scale": b["scale"]}, E.list_shards([out]), progress=False)
+        E.evaluate(lambda b: {"uvd": b["uvd"][:, :3], "scale": b["scale"]}, [out], progress=False)
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -349,7 +357,14 @@ def test_cli_bad_inputs(built, tmp_path):
     save_checkpoint(tmp_path / "c96.pt", {"model": build_model(cfg96).state_dict(),
                                           "config": {"model": config_to_dict(cfg96)}})
     _one_line_error(_run(["--ckpt", tmp_path / "c96.pt", "--shards", out, "--out", rep, "--device", "cpu",
-                          "--no-progress"]), "the model takes 96 px")
+                          "--no-progress"]), "smaller than the model's crop size 96")
+    cfg32 = ModelConfig.tiny(crop_size=32)     # the crop-size rule: 64 px shards serve a 32 px model
+    save_checkpoint(tmp_path / "c32.pt", {"model": build_model(cfg32).state_dict(),
+                                          "config": {"model": config_to_dict(cfg32)}})
+    r32 = _run(["--ckpt", tmp_path / "c32.pt", "--shards", str(out / "*.tar"), "--out", tmp_path / "rep32",
+                "--device", "cpu", "--no-progress", "--workers", 0])
+    assert r32.exit_code == 0, r32.output
+    assert json.loads((tmp_path / "rep32/report.json").read_text())["counts"]["evaluated"] == 12
     ck_bad = torch.load(ck, weights_only=True)
     ck_bad["config"]["model"]["width"] = 8  # config no longer matches the weights
     torch.save(ck_bad, tmp_path / "mismatch.pt")
@@ -376,7 +391,7 @@ def _ddp_worker(rank: int, world: int, tmp: str, shard_dir: str):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
     try:
-        res = E.evaluate(_truth, E.list_shards([shard_dir]), batch_size=2, progress=False)
+        res = E.evaluate(_truth, [shard_dir], batch_size=2, progress=False)
         rec = res["records"]
         with open(f"{tmp}/out{rank}.json", "w") as f:
             json.dump({"ids": rec["sample_id"], "mpjpe": rec["mpjpe"].tolist(), "counts": res["counts"]}, f)
@@ -391,23 +406,10 @@ def test_ddp_gathers_every_sample_once(built, tmp_path):
     import torch.multiprocessing as mp
 
     out, _ = built
-    single = E.evaluate(_truth, E.list_shards([out]), batch_size=2, progress=False)
+    single = E.evaluate(_truth, [out], batch_size=2, progress=False)
     mp.spawn(_ddp_worker, args=(2, str(tmp_path), str(out)), nprocs=2, join=True)
     for r in range(2):
         got = json.loads((tmp_path / f"out{r}.json").read_text())
         assert got["ids"] == single["records"]["sample_id"]
         assert got["counts"] == single["counts"]
         np.testing.assert_allclose(got["mpjpe"], single["records"]["mpjpe"], atol=1e-9)
-
-
-def test_recipe_shards_sections_and_relative_paths(tmp_path):
-    from pipeline.errors import InputError
-    from trainer.eval_cli import recipe_shards
-    r = tmp_path / "r.yaml"
-    r.write_text("val: [v]\neval: [{name: a, shards: e1}, e2]\n")
-    assert recipe_shards(r) == [tmp_path / "e1", tmp_path / "e2"]     # 'eval' wins over 'val'; relative to r
-    r.write_text("val: [v]\n")
-    assert recipe_shards(r) == [tmp_path / "v"]
-    r.write_text("test: [{name: a, shards: 3}]\n")
-    with pytest.raises(InputError, match="list of paths"):
-        recipe_shards(r)

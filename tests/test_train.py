@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from trainer.checkpoint import load_checkpoint
 from trainer.config import config_from_dict
-from trainer.data import make_eval_loader
+from trainer.data import first_batch
 from trainer.model import ModelConfig
 from trainer.train import Dist, build, fit, loader_config, param_groups, resolve_data, to_device, train_step
 from trainer.train_cli import main as train_main
@@ -54,8 +54,7 @@ def test_fixed_batch_overfits_and_every_parameter_learns(shards):
     raw, model = build(cfg, CPU)
     opt = torch.optim.AdamW(param_groups(raw, cfg.optim.weight_decay), lr=cfg.optim.lr)
     _, val = resolve_data(cfg)
-    batch = to_device(next(iter(make_eval_loader(val, loader_config(cfg, CPU, 0, None), batch_size=8))), CPU.device,
-                      False)
+    batch = to_device(first_batch(val[0], loader_config(cfg, CPU, 0, None), 8), CPU.device, False)
     first = train_step(model, opt, batch, cfg, 2e-3)
     no_grad = [n for n, p in raw.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not no_grad, f"no (finite) gradient for {no_grad[:5]}"
@@ -73,10 +72,14 @@ def _weights(path):
                 **{f"opt.{i}.{k}": v for i, s in ck["optimizer"]["state"].items() for k, v in s.items()}}
 
 
-def test_resume_continues_exactly(shards, tmp_path):
+# (the cosine schedule depends on the total step count, so a run cut short by max_steps is another schedule;
+# resuming a crashed run keeps its config, and get_lr is a pure function of the step: tests/test_config.py)
+@pytest.mark.parametrize("optim", [{}, {"ema_decay": 0.9}], ids=["plain", "ema"])
+def test_resume_continues_exactly(shards, tmp_path, optim):
     # 5 steps per epoch, checkpoints every 3: the resumed run restarts mid-epoch 0 and crosses an epoch end
-    cfg6 = tiny_config(shards, max_steps=6)
-    cfg3 = tiny_config(shards, max_steps=3)
+    o = {"lr": 1e-3, "warmup_epochs": 0.4, **optim}
+    cfg6 = tiny_config(shards, max_steps=6, optim=o)
+    cfg3 = tiny_config(shards, max_steps=3, optim=o)
     fit(cfg6, tmp_path / "straight", CPU, progress=False)
     fit(cfg3, tmp_path / "split", CPU, progress=False)
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 3
@@ -90,6 +93,10 @@ def test_resume_continues_exactly(shards, tmp_path):
     assert a["best"] == b["best"] and a["best"] < float("inf")   # validated at the epoch end (step 5)
     assert (tmp_path / "straight" / "best.pt").is_file()
     assert not [k for k in a["model"] if k.startswith(("module.", "_orig_mod."))]
+    if optim:  # the averaged weights are what is evaluated; the trained ones resume the run
+        assert set(a["model_train"]) == set(a["model"])
+        assert all(torch.equal(a["model_train"][k], b["model_train"][k]) for k in a["model"])
+        assert any(not torch.equal(a["model_train"][k], a["model"][k]) for k in a["model"])
     with open(tmp_path / "split" / "metrics.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/total")]
     assert steps == sorted(set(steps)) and steps[-1] == 6

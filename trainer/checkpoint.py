@@ -2,7 +2,8 @@
 ``torch.load(weights_only=True)``.
 
 A checkpoint is a dict of tensors and plain python values only:
-``model`` (state dict of the bare model), ``optimizer`` (its state dict), ``step`` (optimizer steps done; the
+``model`` (state dict of the bare model: the weights to evaluate, i.e. the moving average when the run keeps one,
+whose trained weights are then under ``model_train``), ``optimizer`` (its state dict), ``step`` (optimizer steps done; the
 learning rate is a pure function of it, so there is no scheduler object to save), ``epoch``, ``samples_seen``
 (global), ``data`` (the data-stream position the loader restarts from), ``rng`` (torch, CUDA, numpy and python
 generator states as tensors / lists), ``best`` (best validation MPJPE so far, mm), ``config`` (the resolved config

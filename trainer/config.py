@@ -24,7 +24,7 @@ from trainer.losses import LossConfig
 from trainer.model import ModelConfig
 
 __all__ = ["SourceConfig", "DataConfig", "OptimConfig", "TrainConfig", "load_config", "config_from_dict",
-           "config_to_dict", "dump_yaml", "preset_path", "read_recipe", "LossConfig", "ModelConfig", "AugmentConfig"]
+           "config_to_dict", "dump_yaml", "preset_path", "LossConfig", "ModelConfig", "AugmentConfig"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ class OptimConfig:
     warmup_floor: float = 0.01
     decay_every_epochs: float = 6.0         # then lr * decay_factor ** floor((e - warmup_epochs) / decay_every_epochs)
     decay_factor: float = 0.75
+    schedule: Literal["step", "cosine"] = "step"   # cosine: after the warm-up, half a cosine from lr down to
+    min_lr_ratio: float = 0.0               # lr * min_lr_ratio at the last step (decay_* are then unused)
+    ema_decay: float = 0.0                  # > 0: keep an exponential moving average of the weights (decay per
+                                            # step); validation and the checkpoints' ``model`` use it
     grad_clip: float = 100.0                # global L2 norm of all gradients; 0 disables
 
     def __post_init__(self):
@@ -72,6 +76,10 @@ class OptimConfig:
             raise ValueError("lr and decay_every_epochs must be > 0; weight_decay and warmup_epochs >= 0")
         if not 0 < self.decay_factor <= 1 or self.grad_clip < 0:
             raise ValueError("decay_factor must be in (0, 1] and grad_clip >= 0")
+        if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.ema_decay < 1:
+            raise ValueError("min_lr_ratio must be in [0, 1] and ema_decay in [0, 1)")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"schedule must be 'step' or 'cosine', not {self.schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -129,50 +137,6 @@ def preset_path(name_or_path) -> Path:
     if packaged.is_file():
         return packaged
     raise InputError(f"{name_or_path}: no such config file or preset (presets: paper, demo)")
-
-
-def read_recipe(path) -> dict:
-    """A dataset recipe -> a partial ``data`` section with absolute shard paths.
-
-    YAML, paths relative to the recipe file (as perspose-eval's ``--recipe``)::
-
-        train:                                  # sources mixed by ratio (normalised over the list)
-          - {name: h36m, shards: shards/h36m_train, ratio: 0.3}
-          - {name: coco, shards: [shards/coco_a, shards/coco_b], ratio: 0.4}
-        val: [shards/h36m_val]                  # optional: a validation split, never a test set
-        eval: [{shards: shards/h36m_test}]      # read by perspose-eval, ignored here
-
-    ``train`` may also be a mapping name -> shards (ratio 1 each).
-    """
-    path = Path(path)
-    doc = read_yaml(path)
-    unknown = sorted(set(doc) - {"train", "val", "eval", "test"})
-    if unknown:
-        raise InputError(f"{path}: unknown recipe key {unknown[0]!r} (a recipe has train, val and eval)")
-    entries = doc.get("train")
-    if not entries:
-        raise InputError(f"{path}: the recipe lists no training sources under 'train'")
-    if isinstance(entries, dict):
-        entries = [{"name": k, "shards": v} for k, v in entries.items()]
-
-    def paths(v, what):
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list) or not v or not all(isinstance(p, str) for p in v):
-            raise InputError(f"{path}: {what} needs 'shards' as a path or a list of paths")
-        return [str((path.parent / p).resolve()) for p in v]
-
-    train = []
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict) or set(e) - {"name", "shards", "ratio"}:
-            raise InputError(f"{path}: train entry {i} must be a mapping with name, shards and ratio")
-        train.append({"name": str(e.get("name", f"source{i}")), "paths": paths(e.get("shards"), f"train entry {i}"),
-                      "ratio": e.get("ratio", 1.0)})
-    out = {"train": train}
-    if doc.get("val"):
-        val = doc["val"] if isinstance(doc["val"], list) else [doc["val"]]
-        out["val"] = [p for v in val for p in paths(v.get("shards") if isinstance(v, dict) else v, "val")]
-    return out
 
 
 def config_from_dict(data: dict) -> TrainConfig:

@@ -13,39 +13,30 @@ unpickle). An epoch is ``samples_per_epoch`` global samples, split exactly over 
 (webdataset's ``with_epoch`` counts per worker). Call ``loader.set_epoch(e)`` before iterating: worker processes are re-created per epoch and their
 seeds include ``e``. Resampled streams are infinite, so any number of workers works with any number of shards.
 
-Evaluation stream (:func:`make_eval_loader`): ``wds.SimpleShardList``, ``split_by_node``, ``split_by_worker``, tar
-reading that raises on a damaged shard, no augmentation: every sample exactly once; with 0 or 1 workers in
-file order, with more workers worker w reads shards w, w+n, ... and batches alternate between workers
-(deterministic). Workers are capped at the number of shards of this rank.
+Shards are resolved by :func:`trainer.shards.resolve_shards`; held-out samples (validation, evaluation) are read
+by the held-out stream of :mod:`trainer.shards`, not here.
 """
 from __future__ import annotations
 
-import glob
-import json
 import logging
-import tarfile
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
-from braceexpand import braceexpand
-
 from pipeline.errors import InputError
-from pipeline.shard import decode_sample, read_build_json
-from pipeline.tario import count_samples, iter_tar, tar_samples
-from pipeline.skeleton import joint_slices
+from pipeline.shard import decode_sample
+from pipeline.skeleton import DEFAULT_SKELETONS, joint_slices
+from pipeline.tario import tar_samples
 
 from .augment import AugmentConfig, augment_sample
 from .batch import collate, in_worker, pack_batch, unpack_batch
-from .model import DEFAULT_SKELETONS
+from .shards import ShardSet, resolve_shards
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataSource", "LoaderConfig", "ShardSet", "resolve_shards", "sample_to_record", "make_train_loader",
-           "make_eval_loader", "ShardLoader"]
+__all__ = ["DataSource", "LoaderConfig", "sample_to_record", "make_train_loader", "ShardLoader"]
 
 _MAX_CONSECUTIVE_FAILURES = 1000
 
@@ -71,91 +62,6 @@ class LoaderConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pin_memory: bool = False
     prefetch_factor: int = 2
-
-
-@dataclass(frozen=True)
-class ShardSet:
-    name: str
-    urls: tuple[str, ...]                 # non-empty shards only
-    counts: tuple[int, ...]               # samples per shard
-    ratio: float = 1.0
-
-    @property
-    def num_samples(self) -> int:
-        return int(sum(self.counts))
-
-
-# ------------------------------------------------------------------------------------------- shard discovery
-def _count_samples(tar: Path) -> int:
-    try:
-        return count_samples(tar)
-    except (OSError, tarfile.TarError) as e:
-        raise InputError(f"{tar}: not a readable tar shard ({e})") from None
-
-
-def _expand(path: str) -> list[Path]:
-    if "{" in path:                              # brace patterns like shard-{000000..000041}.tar
-        return [q for part in braceexpand(path) for q in _expand(part)]
-    if any(c in path for c in "*?["):
-        hits = sorted(glob.glob(path))
-        if not hits:
-            raise InputError(f"{path}: the pattern matches no shard")
-        return [Path(h) for h in hits]
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{path}: no such shard directory or file")
-    return [p]
-
-
-def _check_crop_size(built_for, where, crop_size: int) -> None:
-    if built_for is not None and int(built_for) < crop_size:
-        raise InputError(f"{where}: shards were built for crop_size {built_for}, smaller than the configured "
-                         f"crop size {crop_size}; rebuild them with `perspose-build shards --crop {crop_size}`")
-
-
-def resolve_shards(paths, crop_size: int, name: str = "", skeletons=None, ratio: float = 1.0) -> ShardSet:
-    """Shard dirs / .tar files / globs -> a checked :class:`ShardSet` (raises InputError on user errors)."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    urls, counts, seen, builds = [], [], set(), {}
-    for spec in paths:
-        for p in _expand(str(spec)):
-            tars = sorted(p.glob("*.tar")) if p.is_dir() else [p]
-            if p.is_file() and p.suffix != ".tar":
-                raise InputError(f"{p}: not a .tar shard")
-            d = p if p.is_dir() else p.parent
-            if d not in builds:                  # build.json once per directory (globs list many tars)
-                info = read_build_json(d / "build.json") if (d / "build.json").is_file() else None
-                if info is not None:
-                    _check_crop_size(info.get("options", {}).get("crop_size"), d / "build.json", crop_size)
-                builds[d] = {s.get("file"): s.get("samples") for s in (info or {}).get("shards", [])}
-            known = builds[d]
-            for t in tars:
-                key = str(t.resolve())
-                if key in seen:
-                    continue
-                seen.add(key)
-                n = known.get(t.name)
-                urls.append(str(t))
-                counts.append(int(n) if n is not None else _count_samples(t))
-    label = name or ", ".join(map(str, paths))
-    if not urls:
-        raise InputError(f"{label}: no .tar shards found in {', '.join(map(str, paths))}")
-    if sum(counts) == 0:
-        raise InputError(f"{label}: the shards contain no samples")
-    nonempty = [(u, c) for u, c in zip(urls, counts) if c > 0]
-    try:
-        meta = json.loads(next(iter_tar(nonempty[0][0]))["json"])
-    except (OSError, tarfile.TarError, StopIteration):
-        raise InputError(f"{nonempty[0][0]}: not a readable tar shard (build.json lists samples in it)") from None
-    except (KeyError, ValueError):
-        raise InputError(f"{nonempty[0][0]}: first sample has no readable .json; not a PersPose shard") from None
-    _check_crop_size(meta.get("crop_size"), nonempty[0][0], crop_size)
-    if skeletons is not None and meta.get("skeleton") not in skeletons:
-        raise InputError(f"{nonempty[0][0]}: skeleton {meta.get('skeleton')!r} is not among the configured "
-                         f"skeletons {', '.join(skeletons)}")
-    return ShardSet(name or Path(str(paths[0])).name, tuple(u for u, _ in nonempty), tuple(c for _, c in nonempty),
-                    float(ratio))
 
 
 # ------------------------------------------------------------------------------------------- samples -> batch
@@ -298,45 +204,16 @@ def make_train_loader(sources, cfg: LoaderConfig) -> ShardLoader:
     return ShardLoader(MixedStream(sets, cfg, batches), cfg, cfg.num_workers)
 
 
-# ------------------------------------------------------------------------------------------- evaluation stream
-def make_eval_loader(sources, cfg: LoaderConfig, batch_size: int | None = None) -> ShardLoader:
-    """Finite, ordered, un-augmented loader over every sample once. ``sources``: paths, or DataSource-likes
-    (concatenated in the given order)."""
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    if not sources:
-        raise InputError("no evaluation shards given")
-    sets = [s if isinstance(s, ShardSet) else
-            resolve_shards(getattr(s, "paths", s), cfg.crop_size, getattr(s, "name", ""), cfg.skeletons)
-            for s in sources]
-    urls = [u for s in sets for u in s.urls]
-    rank, world, _, _ = wds.utils.pytorch_worker_info()
-    mine = len(range(rank, len(urls), world))
-    workers = min(cfg.num_workers, mine)
-    if workers < cfg.num_workers:
-        log.info("eval loader: %d shard(s) on rank %d, using %d worker(s) instead of %d",
-                 mine, rank, workers, cfg.num_workers)
-    bs = batch_size or cfg.batch_size
-    record = partial(sample_to_record, crop_size=cfg.crop_size, layout=joint_slices(cfg.skeletons),
-                     aug=AugmentConfig(enabled=False), rng=np.random.default_rng(0))
-    ds = wds.DataPipeline(wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
-                          partial(tar_samples, on_error="raise"), wds.map(record),
-                          wds.batched(bs, collation_fn=collate, partial=True))
-    mine_counts = [c for s in sets for c in s.counts][rank::world]
-    per_worker = [mine_counts[w::max(workers, 1)] for w in range(max(workers, 1))]
-    n_batches = sum(-(-sum(c) // bs) for c in per_worker)
-    return ShardLoader(_Sized(ds, n_batches), cfg, workers)
+def first_batch(shards: ShardSet, cfg: LoaderConfig, n: int) -> dict:
+    """The first ``n`` samples of the shards in file order, un-augmented, as one training batch (the batch
+    contract): the fixed batch of overfit checks."""
+    from itertools import islice
 
+    from pipeline.tario import iter_tar
 
-class _Sized(torch.utils.data.IterableDataset):
-    """Wraps a finite webdataset pipeline; len = batches on this rank (each worker ends with a partial batch)."""
-
-    def __init__(self, ds, n_batches: int):
-        super().__init__()
-        self.ds, self.n_batches = ds, n_batches
-
-    def __iter__(self):
-        return map(pack_batch, self.ds) if in_worker() else iter(self.ds)
-
-    def __len__(self) -> int:
-        return self.n_batches
+    layout, off = joint_slices(cfg.skeletons), AugmentConfig(enabled=False)
+    raws = (raw for url in shards.urls for raw in iter_tar(url))
+    records = [sample_to_record(raw, cfg.crop_size, layout, off, np.random.default_rng(0)) for raw in islice(raws, n)]
+    if len(records) < n:
+        raise InputError(f"{shards.name}: only {len(records)} samples, need {n}")
+    return collate(records)

@@ -8,9 +8,9 @@ Writes REPORT_DIR/report.json, report.md, predictions.parquet, per_joint_error.p
 prints the per-dataset table. Under ``torchrun`` each rank evaluates its share and rank 0 writes the report.
 A user error (missing file, a checkpoint that does not fit the shards) prints one line and exits with code 2.
 
-``--recipe`` is a dataset recipe YAML (trainer.config.read_recipe's shape, e.g. the ``recipe.yaml`` written by
+``--recipe`` is a training recipe (pipeline/training_recipe.py, e.g. the ``recipe.yaml`` written by
 ``perspose-build shards --recipe``); its ``eval`` section (else ``test``, else ``val``) lists the shards:
-``test: [{name: 3dpw, shards: DIR}, ...]`` or plain paths, relative to the recipe file.
+``test: [{name: 3dpw, shards: DIR}, ...]`` or plain specs, relative to the recipe file.
 """
 from __future__ import annotations
 
@@ -27,29 +27,6 @@ from pipeline.errors import InputError, InputErrorCommand
 from pipeline.provenance import software_versions
 
 log = logging.getLogger(__name__)
-
-
-def recipe_shards(path: Path) -> list[Path]:
-    """Evaluation shards of a recipe YAML: its ``eval`` section, else ``test``, else ``val``; entries are
-    paths or ``{name, paths}`` / ``{name, shards}`` mappings (the training recipe's shape, e.g. the ``recipe.yaml``
-    that ``perspose-build shards --recipe`` writes). Relative paths are relative to the recipe file, as in
-    trainer recipes. The ``train`` section is ignored."""
-    from .configtools import read_yaml
-
-    doc = read_yaml(path)
-    entries = doc.get("eval") or doc.get("test") or doc.get("val")
-    if not entries:
-        raise InputError(f"{path}: the recipe lists no evaluation shards under 'eval', 'test' (or 'val')")
-    out = []
-    for e in entries if isinstance(entries, list) else [entries]:
-        ps = e.get("paths", e.get("shards")) if isinstance(e, dict) else e
-        if not ps:
-            raise InputError(f"{path}: an evaluation entry has no paths: {e!r}")
-        ps = [ps] if isinstance(ps, str) else ps
-        if not isinstance(ps, list) or not all(isinstance(p, str) for p in ps):
-            raise InputError(f"{path}: evaluation shards must be a path or a list of paths, got {ps!r}")
-        out += [path.parent / p for p in ps]
-    return out
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -81,19 +58,6 @@ def build_from_checkpoint(ck: dict, path: Path, device):
     return model.to(device).eval(), cfg
 
 
-def _count_from_index(paths: list[Path]) -> int | None:
-    """Sample count from the build's index.parquet when whole shard directories are given (for the bar)."""
-    import pyarrow.parquet as pq
-
-    total = 0
-    for p in paths:
-        idx = p / "index.parquet"
-        if not (p.is_dir() and idx.is_file()):
-            return None
-        total += pq.read_metadata(idx).num_rows
-    return total
-
-
 def _init_distributed(device: str):
     import torch
 
@@ -108,9 +72,9 @@ def _init_distributed(device: str):
 
 @click.command(cls=InputErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path), help="Checkpoint (.pt).")
-@click.option("--shards", "shard_paths", multiple=True, type=click.Path(path_type=Path),
-              help="Shard directory or .tar file (repeatable).")
-@click.argument("more_shards", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--shards", "shard_paths", multiple=True,
+              help="Shard directory, .tar file, quoted glob or brace pattern (repeatable).")
+@click.argument("more_shards", nargs=-1)
 @click.option("--recipe", type=click.Path(path_type=Path), default=None, help="YAML listing eval shards.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report directory.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
@@ -126,18 +90,22 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
          verbose):
     """Evaluate a PersPose checkpoint on held-out shards (metrics in mm, original camera frame).
 
-    MORE_SHARDS: further shard directories or .tar files, like --shards."""
+    MORE_SHARDS: further shard specs, like --shards."""
     import torch
 
     from pipeline.fsutil import sha256_file
     from pipeline.report import print_table
 
-    from .evaluate import evaluate, list_shards, model_predict_fn, protocol_for
+    from pipeline.training_recipe import read_training_recipe
+
+    from .evaluate import evaluate, model_predict_fn, protocol_for
+    from .shards import resolve_shards
     from .report import REFERENCE_HEADERS, TABLE_HEADERS, reference_table_rows, table_rows, write_report
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    paths = list(shard_paths) + list(more_shards) + (recipe_shards(recipe) if recipe else [])
-    shards = list_shards(paths)
+    paths = list(shard_paths) + list(more_shards) + (read_training_recipe(recipe).eval_shards() if recipe else [])
+    if not paths:
+        raise InputError("no shards given (pass --shards DIR, .tar files, a quoted glob, or --recipe)")
     ck = load_checkpoint(ckpt_path)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -148,13 +116,14 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
         device = f"cuda:{torch.cuda.current_device()}"
     rank = torch.distributed.get_rank() if ddp else 0
     model, cfg = build_from_checkpoint(ck, ckpt_path, device)
+    shards = resolve_shards(paths, cfg.crop_size)
     amp_dtype = torch.bfloat16 if amp and device.startswith("cuda") else None
     predict = model_predict_fn(model, tuple(cfg.skeletons), device, flip_test=flip_test, amp_dtype=amp_dtype)
 
     t0 = time.perf_counter()
     try:
         res = evaluate(predict, shards, batch_size=batch_size, crop_size=cfg.crop_size, skeletons=cfg.skeletons,
-                       progress=progress, total=_count_from_index(paths), workers=workers)
+                       progress=progress, total=shards.num_samples, workers=workers)
     finally:
         if ddp:
             torch.distributed.destroy_process_group()
@@ -173,7 +142,7 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path), "step": ck.get("step")},
         "model_config": dataclasses.asdict(cfg),
-        "shards": [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in shards],
+        "shards": [{"path": str(Path(u).resolve()), "sha256": sha256_file(u)} for u in shards.urls],
         "options": {"flip_test": flip_test, "batch_size": batch_size, "workers": workers, "device": device, "amp": amp_dtype is not None,
                     "world_size": torch.distributed.get_world_size() if ddp else 1},
         "frame": "original camera (R^T applied); metrics in mm, PCK/AUC in %",

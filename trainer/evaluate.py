@@ -1,6 +1,6 @@
 """Held-out evaluation in the ORIGINAL camera frame (DESIGN §3.7, §7).
 
-Flow: ordered, finite shard reading (no augmentation) -> integer centre slice of the stored crop (K shifted) ->
+Flow: the held-out stream of :mod:`trainer.shards` (ordered, finite, no augmentation; the model's S crop) ->
 ``predict_fn(batch) -> {"uvd", "scale"}`` (the model with flip test, or a stub in tests) -> joints in the crop
 camera (z' = d + s f_crop, P' = z' K_crop^-1 [u, v, 1]) -> P = R^T P' in the original camera -> per-sample
 metrics (:mod:`trainer.metrics`) against the ground truth R^T joints_rot (= the manifest's joints_cam).
@@ -24,26 +24,23 @@ from __future__ import annotations
 
 import logging
 import re
-import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from pipeline import geometry as g
 from pipeline.errors import InputError
 from pipeline.geometry_torch import joints_from_uvd
-from pipeline.shard import decode_sample, iter_tar
 from pipeline.skeleton import get_skeleton
 
 from . import metrics as M
+from .shards import as_shard_sets, heldout_stream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Protocol", "protocol_for", "list_shards", "iter_samples", "prepare_sample", "iter_batches",
-           "evaluate", "model_predict_fn", "action_of", "H36M_ACTIONS", "SCALAR_METRICS"]
+__all__ = ["Protocol", "protocol_for", "iter_batches", "evaluate", "model_predict_fn", "action_of", "H36M_ACTIONS",
+           "SCALAR_METRICS"]
 
 PredictFn = Callable[[dict], dict]
 SCALAR_METRICS = ("mpjpe", "pa_mpjpe", "pck150", "auc", "depth_err", "root_err")
@@ -106,114 +103,14 @@ def action_of(meta: dict) -> str:
     return ""
 
 
-# ------------------------------------------------------------------------------------------- reading
-def list_shards(paths: Iterable) -> list[Path]:
-    """Directories (every *.tar inside, sorted) and .tar files, in the given order; InputError when a path is
-    missing or a directory holds no shard."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            tars = sorted(p.glob("*.tar"))
-            if not tars:
-                raise InputError(f"{p}: no .tar shards in this directory (build them with perspose-build shards)")
-            out += tars
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise InputError(f"{p}: no such shard file or directory")
-    if not out:
-        raise InputError("no shards given (pass --shards DIR or a recipe)")
-    return out
-
-
-def iter_samples(shards: list[Path], part: int = 0, parts: int = 1) -> Iterator[dict]:
-    """Decoded samples of the shards in order, restricted to one of ``parts`` disjoint parts (DDP ranks x loader
-    workers): whole shards (shard k -> part k % parts) when there are at least ``parts`` shards, else every
-    parts-th sample (i % parts == part, only those are decoded). Nothing is read twice and nothing is lost."""
-    by_shard = len(shards) >= parts
-    i = 0
-    for k, path in enumerate(shards):
-        if by_shard and k % parts != part:
-            continue
-        try:
-            for members in iter_tar(path):
-                if by_shard or i % parts == part:
-                    missing = [e for e in ("jpg", "npz", "json") if e not in members]
-                    if missing:
-                        raise InputError(f"{path}: sample {members.get('__key__')} lacks {', '.join(missing)}")
-                    try:
-                        s = decode_sample(members)
-                    except (ValueError, OSError, KeyError) as e:
-                        raise InputError(f"{path}: cannot decode sample {members.get('__key__')}: {e}") from None
-                    s["shard"] = str(path)
-                    yield s
-                i += 1
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise InputError(f"{path}: not a readable tar shard ({e})") from None
-
-
-def _screened(shards, part: int, parts: int, crop_size: int | None, allowed) -> Iterator[tuple[str, object]]:
-    """("ok", prepared sample) / ("skip", None) for 2D-only samples / ("error", message), in stream order. Errors
-    travel as values so a loader worker's InputError reaches the user as one line."""
-    try:
-        for s in iter_samples(shards, part, parts):
-            m = s["meta"]
-            if not m.get("has_3d") or not get_skeleton(m["skeleton"]).has_3d:
-                yield "skip", None
-                continue
-            if allowed is not None and m["skeleton"] not in allowed:
-                raise InputError(f"{s['shard']}: skeleton {m['skeleton']} is not predicted by the model "
-                                 f"(it predicts {', '.join(sorted(allowed))})")
-            if crop_size is not None and int(m["crop_size"]) != crop_size:
-                raise InputError(f"{s['shard']}: crops are {m['crop_size']} px but the model takes {crop_size} px "
-                                 f"(rebuild the shards with --crop-size {crop_size})")
-            yield "ok", prepare_sample(s)
-    except InputError as e:
-        yield "error", str(e)
-
-
-class _SampleStream(torch.utils.data.IterableDataset):
-    """Loader-worker wrapper of :func:`_screened`: worker w of rank r reads part r * workers + w."""
-
-    def __init__(self, shards, rank: int, world: int, workers: int, crop_size, allowed):
-        super().__init__()
-        self.args = (shards, rank, world, workers, crop_size, allowed)
-
-    def __iter__(self):
-        shards, rank, world, workers, crop_size, allowed = self.args
-        info = torch.utils.data.get_worker_info()
-        w = 0 if info is None else info.id
-        return _screened(shards, rank * workers + w, world * workers, crop_size, allowed)
-
-
-def _identity(x):
-    return x
-
-
-def prepare_sample(sample: dict) -> dict:
-    """Stored crop -> the S crop the model sees (integer centre slice, no resampling) and float64 labels there."""
-    a, meta = sample["arrays"], sample["meta"]
-    S, Ss = int(meta["crop_size"]), int(meta["store_size"])
-    img = sample["image"]
-    if img.shape[:2] != (Ss, Ss):
-        raise InputError(f"{sample.get('shard')}: sample {sample['key']} image is {img.shape[1]}x{img.shape[0]}, "
-                         f"its json says store_size {Ss}")
-    off = g.center_slice_offset(Ss, S)
-    uvd = a["uvd"].astype(np.float64)
-    uvd[:, :2] -= off
-    return {"image": np.ascontiguousarray(img[off:off + S, off:off + S]),
-            "K_crop": g.shift_intrinsics(a["K_crop"], off, off), "R": a["R"].astype(np.float64),
-            "uvd": uvd, "scale": float(a["scale"]), "joints_rot": a["joints_rot"].astype(np.float64),
-            "pr_angle": float(a["pr_angle"]), "meta": meta, "crop_size": S}
-
-
+# ------------------------------------------------------------------------------------------- batching
 def _collate(items: list[dict]) -> dict:
     return {"image": np.stack([it["image"] for it in items]), "K_crop": np.stack([it["K_crop"] for it in items]),
             "R": np.stack([it["R"] for it in items]), "uvd": np.stack([it["uvd"] for it in items]),
             "scale": np.array([it["scale"] for it in items]),
             "joints_rot": np.stack([it["joints_rot"] for it in items]),
             "pr_angle": np.array([it["pr_angle"] for it in items]),
-            "has_intrinsics": np.array([bool(it["meta"]["has_intrinsics"]) for it in items]),
+            "has_intrinsics": np.array([it["has_intrinsics"] for it in items]),
             "meta": [it["meta"] for it in items], "skeleton": items[0]["meta"]["skeleton"],
             "crop_size": items[0]["crop_size"]}
 
@@ -292,30 +189,30 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def evaluate(predict_fn: PredictFn, shards: list[Path], batch_size: int = 64, crop_size: int | None = None,
+def evaluate(predict_fn: PredictFn, shards, batch_size: int = 64, crop_size: int | None = None,
              skeletons: Iterable[str] | None = None, progress: bool = True, total: int | None = None,
-             workers: int = 0) -> dict:
-    """Run ``predict_fn`` over every 3D sample of ``shards`` and return per-sample records (sorted by
-    sample_id) plus counts. Under torch.distributed each rank predicts its share and the records are
-    all-gathered, so every rank returns the full result. ``workers`` > 0 decodes in that many DataLoader
-    processes (per rank); the result does not depend on it.
+             workers: int = 0, max_samples: int = 0) -> dict:
+    """Run ``predict_fn`` over every 3D sample of ``shards`` (shard specs, a :class:`trainer.shards.ShardSet` or
+    a list of them) and return per-sample records (sorted by sample_id) plus counts. The samples come from the
+    held-out stream (:mod:`trainer.shards`), the one that training's validation reads too. Under
+    torch.distributed each rank predicts its share and the records are all-gathered, so every rank returns the
+    full result. ``workers`` > 0 decodes in that many DataLoader processes (per rank); the result does not
+    depend on it. ``max_samples`` > 0 stops each rank after its share (ceil(max_samples / ranks)) of 3D samples.
 
     ``predict_fn(batch)`` gets a dict: image uint8 (B, S, S, 3) RGB, K_crop (B, 3, 3) of the S crop, R, has_intrinsics,
     skeleton (one per batch), crop_size, meta, plus the labels (uvd, scale, joints_rot; for tests only), and must
     return {"uvd": (B, J_skeleton, 3) in S-crop pixels / metres, "scale": (B,) metres per pixel}.
-    ``crop_size`` / ``skeletons``: what the model supports; a shard that differs is an InputError.
+    ``crop_size`` / ``skeletons``: what the model takes; shards that cannot serve it are an InputError.
     """
     from tqdm import tqdm
 
     rank, world = _dist_info()
-    allowed = None if skeletons is None else set(skeletons)
+    sets = as_shard_sets(shards, crop_size, skeletons)
+    urls = [u for s in sets for u in s.urls]
     counts = {"samples": 0, "evaluated": 0, "skipped_2d_only": 0}
+    limit = -(-max_samples // world) if max_samples > 0 else None
     parts = []
-    if workers > 0:
-        stream = iter(torch.utils.data.DataLoader(_SampleStream(shards, rank, world, workers, crop_size, allowed),
-                                                  batch_size=None, num_workers=workers, collate_fn=_identity))
-    else:
-        stream = _screened(shards, rank, world, crop_size, allowed)
+    stream = heldout_stream(urls, crop_size, None if skeletons is None else tuple(skeletons), rank, world, workers)
 
     def prepared():
         for kind, item in stream:
@@ -325,8 +222,10 @@ def evaluate(predict_fn: PredictFn, shards: list[Path], batch_size: int = 64, cr
             bar.update(1)
             if kind == "skip":
                 counts["skipped_2d_only"] += 1
-            else:
-                yield item
+                continue
+            yield item
+            if limit is not None and counts["samples"] - counts["skipped_2d_only"] >= limit:
+                return
 
     error = None
     with tqdm(total=None if total is None else -(-total // world), disable=not progress or rank != 0,

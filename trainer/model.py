@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from pipeline.geometry_torch import crop_pixel_grid, joints_from_uvd, pe_map
-from pipeline.skeleton import SKELETONS, get_skeleton, joint_slices
+from pipeline.skeleton import DEFAULT_SKELETONS, SKELETONS, get_skeleton, joint_slices
 from trainer.hrnet import GlobalHead, HighResolutionNet, LoadReport, init_hrnet_weights, load_pose_hrnet_weights
 
 __all__ = ["ModelConfig", "PersPose", "build_model", "normalize_images", "flip_test", "soft_argmax",
@@ -54,7 +54,6 @@ DEPTH_RANGE_M = 2.2             # d = 2.2 (sigmoid - 0.5) in metres (reference)
 SCALE_REF_M_PER_PX = 0.007      # rho0 at sigmoid = 0.5 for a 256-px crop (reference: ~1.8 m over 256 px)
 SCALE_LOG_RANGE = 3.0           # rho0 = ref * exp(3 (sigmoid - 0.5))
 REFERENCE_CROP = 256
-DEFAULT_SKELETONS = ("smpl24", "h36m17", "mpi_inf_3dhp17", "coco17")
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,15 @@ import torch.distributed as tdist
 
 from pipeline.errors import InputError
 from pipeline.fsutil import atomic_write_text
-from pipeline.skeleton import get_skeleton, joint_slices
 from trainer.checkpoint import load_checkpoint, model_state_dict, rng_state, save_checkpoint, set_rng_state
 from trainer.config import TrainConfig, config_to_dict, dump_yaml
-from trainer.data import LoaderConfig, ShardSet, make_eval_loader, make_train_loader, resolve_shards
+from trainer.data import LoaderConfig, make_train_loader
+from trainer.ema import ema_decay_at, make_ema, update_ema
+from trainer.evaluate import evaluate, model_predict_fn
 from trainer.logging_utils import RunLogger, plot_loss_curve
 from trainer.losses import pose_losses
 from trainer.model import build_model, load_pose_hrnet_weights, normalize_images
+from trainer.shards import ShardSet, resolve_shards
 
 __all__ = ["Dist", "setup_distributed", "get_lr", "param_groups", "segment_end", "segment_seed", "train"]
 
@@ -71,11 +73,16 @@ def setup_distributed() -> Dist:
 
 def get_lr(step: int, cfg: TrainConfig, world_size: int = 1) -> float:
     """Learning rate before optimizer step ``step`` (0-based), from the fractional epoch e of the samples seen:
-    warm-up lr * (e / W + 0.01) for e < W, then lr * 0.75 ** floor((e - W) / 6) (the reference, per step)."""
+    warm-up lr * (e / W + 0.01) for e < W, then lr * 0.75 ** floor((e - W) / 6) (the reference, per step), or
+    with ``schedule: cosine`` half a cosine from lr at e = W to lr * min_lr_ratio at the last step."""
     o = cfg.optim
     e = step * cfg.batch_size * world_size / cfg.epoch_samples
     if e < o.warmup_epochs:
         return o.lr * (e / o.warmup_epochs + o.warmup_floor)
+    if o.schedule == "cosine":
+        last = (cfg.total_steps(world_size) - 1) * cfg.batch_size * world_size / cfg.epoch_samples
+        t = min(1.0, (e - o.warmup_epochs) / (last - o.warmup_epochs)) if last > o.warmup_epochs else 1.0
+        return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
     return o.lr * o.decay_factor ** math.floor((e - o.warmup_epochs) / o.decay_every_epochs)
 
 
@@ -150,12 +157,18 @@ def cpu_has_native_bf16() -> bool:
     return bool(probe and probe())
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of :func:`autocast` (None: fp32)."""
     if device.type == "cuda" and cfg.precision in ("auto", "bf16", "fast"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.bfloat16
     if cfg.precision == "bf16" or (cfg.precision == "fast" and cpu_has_native_bf16()):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return torch.bfloat16
+    return None
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    dtype = amp_dtype(cfg, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
@@ -181,38 +194,33 @@ def train_step(model, optimizer, batch: dict, cfg: TrainConfig, lr: float) -> di
     return {k: v.detach() for k, v in terms.items()}
 
 
-@torch.no_grad()
 def validate(raw, cfg: TrainConfig, dist: Dist, val_sets: list[ShardSet]) -> float:
-    """Quick root-aligned MPJPE (mm) over each 3D sample's own skeleton, on the first val_max_samples samples.
-    (The full protocol -- flip test, subsets, PA-MPJPE -- is perspose-eval's job.)"""
-    loader = make_eval_loader(val_sets, loader_config(cfg, dist, cfg.seed, None), batch_size=cfg.data.val_batch_size)
-    slices = joint_slices(cfg.model.skeletons)
-    root = {n: sl.start + get_skeleton(n).root for n, sl in slices.items() if get_skeleton(n).root is not None}
+    """Mean root-aligned MPJPE (mm) of the 3D samples of the validation shards (the first val_max_samples; 0:
+    all), computed by perspose-eval's own code (:func:`trainer.evaluate.evaluate`, no flip test), so the number
+    logged here is the number ``perspose-eval --no-flip-test`` reports for the same checkpoint and shards."""
+    predict = model_predict_fn(raw, tuple(cfg.model.skeletons), dist.device, flip_test=False,
+                               amp_dtype=amp_dtype(cfg, dist.device))
+    if dist.world_size > 1:  # score the model rank 0 saves: BN statistics are rank-local on the CPU (no SyncBN)
+        for b in raw.buffers():
+            tdist.broadcast(b, 0)
+    was_training = raw.training
     raw.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=dist.device)  # (sum of per-sample MPJPE, count)
-    limit = cfg.data.val_max_samples or float("inf")
-    for batch in loader:
-        if total[1] * dist.world_size >= limit:
-            break
-        b = to_device(batch, dist.device, cfg.channels_last)
-        with autocast(cfg, dist.device):
-            xyz = raw(b["image"], b["K_crop"], b["has_intrinsics"])["xyz_crop"].double()
-        gt, mask = b["joints"].double(), b["mask_d"] > 0
-        ok = b["has_3d"] & torch.tensor([s in root for s in batch["skeleton"]], device=dist.device)
-        r = torch.tensor([root.get(s, 0) for s in batch["skeleton"]], device=dist.device)
-        idx = torch.arange(len(r), device=dist.device)
-        err = ((xyz - xyz[idx, r, None]) - (gt - gt[idx, r, None])).norm(dim=-1)
-        per = (err * mask).sum(1) / mask.sum(1).clamp_min(1)
-        total += torch.stack([(per * ok).sum(), ok.sum().double()])
-    if dist.world_size > 1:
-        tdist.all_reduce(total)
-    raw.train()
-    return float(total[0] / total[1] * 1000.0) if total[1] > 0 else float("nan")
+    try:
+        res = evaluate(predict, val_sets, batch_size=cfg.data.val_batch_size, crop_size=cfg.model.crop_size,
+                       skeletons=cfg.model.skeletons, progress=False, workers=cfg.data.num_workers,
+                       max_samples=cfg.data.val_max_samples)
+    finally:
+        raw.train(was_training)
+    mpjpe = res["records"].get("mpjpe")
+    return float(np.mean(mpjpe)) if mpjpe is not None and len(mpjpe) else float("nan")
 
 
-def checkpoint_state(raw, optimizer, cfg: TrainConfig, dist: Dist, step: int, best: float) -> dict:
+def checkpoint_state(raw, optimizer, cfg: TrainConfig, dist: Dist, step: int, best: float, ema=None) -> dict:
+    """``model`` holds the weights to evaluate (the average when ``optim.ema_decay`` > 0, with the trained
+    weights under ``model_train`` for resuming)."""
     epoch = step // cfg.steps_per_epoch(dist.world_size)
-    return {"model": model_state_dict(raw), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
+    extra = {"model_train": model_state_dict(raw)} if ema is not None else {}
+    return {"model": model_state_dict(ema if ema is not None else raw), **extra, "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
             "samples_seen": step * cfg.batch_size * dist.world_size,
             "data": {"epoch": epoch, "segment_start": step, "loader_seed": segment_seed(cfg.seed, epoch, step)},
             "rng": rng_state(), "best": best, "world_size": dist.world_size,
@@ -267,6 +275,7 @@ def fit(cfg: TrainConfig, run_dir, dist: Dist, resume: bool = False, progress: b
     optimizer = torch.optim.AdamW(param_groups(raw, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=cfg.optim.betas, eps=cfg.optim.eps)
     steps_per_epoch, total = cfg.steps_per_epoch(dist.world_size), cfg.total_steps(dist.world_size)
+    ema = make_ema(raw) if cfg.optim.ema_decay > 0 else None
     step, best = 0, float("inf")
     if resume:
         ck = load_checkpoint(run_dir / "last.pt", map_location=dist.device,
@@ -274,7 +283,9 @@ def fit(cfg: TrainConfig, run_dir, dist: Dist, resume: bool = False, progress: b
         if int(ck["world_size"]) != dist.world_size:  # the step <-> sample mapping and the data split would change
             raise InputError(f"{run_dir / 'last.pt'}: trained on {ck['world_size']} processes; resume it on the "
                              f"same number (this run has {dist.world_size})")
-        raw.load_state_dict(ck["model"])
+        raw.load_state_dict(ck.get("model_train", ck["model"]))
+        if ema is not None:
+            ema.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         step, best = int(ck["step"]), float(ck["best"])
         set_rng_state(ck["rng"])
@@ -307,6 +318,8 @@ def fit(cfg: TrainConfig, run_dir, dist: Dist, resume: bool = False, progress: b
             terms = train_step(model, optimizer, batch, cfg, get_lr(step, cfg, dist.world_size))
             acc = {k: acc.get(k, 0) + v for k, v in terms.items()}
             n_acc, step = n_acc + 1, step + 1
+            if ema is not None:
+                update_ema(ema, raw, ema_decay_at(step, cfg.optim.ema_decay))
             if step % cfg.log_every_steps == 0 or step == end:
                 dt = time.perf_counter() - t_log
                 row = {f"train/{k}": v for k, v in _reduce_mean({k: v / n_acc for k, v in acc.items()}, dist).items()}
@@ -329,14 +342,14 @@ def fit(cfg: TrainConfig, run_dir, dist: Dist, resume: bool = False, progress: b
         n_epochs = math.ceil(step / steps_per_epoch)
         if val_sets and cfg.val_every_epochs and (step % steps_per_epoch == 0 or step == total) \
                 and (n_epochs % cfg.val_every_epochs == 0 or step == total):
-            val = validate(raw, cfg, dist, val_sets)
+            val = validate(ema if ema is not None else raw, cfg, dist, val_sets)
             if logger:
                 logger.log(step, {"val/mpjpe_mm": val})
             log.info("step %d: validation MPJPE %.1f mm (best before: %.1f)", step, val, best)
         improved = math.isfinite(val) and val < best
         best = val if improved else best
         if dist.primary:
-            state = checkpoint_state(raw, optimizer, cfg, dist, step, best)
+            state = checkpoint_state(raw, optimizer, cfg, dist, step, best, ema)
             save_checkpoint(run_dir / "last.pt", state)
             if improved:
                 save_checkpoint(run_dir / "best.pt", state)

@@ -30,10 +30,23 @@ def _abs(paths) -> list[str]:
 FIXED_ON_RESUME = ("batch_size", "epoch_samples", "checkpoint_every_steps", "seed")
 
 
+def recipe_data_section(path) -> dict:
+    """The ``data`` section of a training recipe (pipeline/training_recipe.py): train sources and val shards."""
+    from pipeline.training_recipe import read_training_recipe
+
+    r = read_training_recipe(path)
+    if not r.train:
+        raise InputError(f"{path}: the recipe lists no training sources under 'train'")
+    out = {"train": [{"name": s.name, "paths": list(s.shards), "ratio": s.ratio} for s in r.train]}
+    if r.val:
+        out["val"] = r.val_shards()
+    return out
+
+
 def resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_dir: Path, resume: bool):
     """The run's TrainConfig: from the checkpoint on --resume (plus --set), else preset <- data <- --set."""
     from .checkpoint import load_checkpoint
-    from .config import config_from_dict, load_config, read_recipe
+    from .config import config_from_dict, load_config
     from .configtools import apply_overrides, config_to_dict
 
     last = run_dir / "last.pt"
@@ -54,7 +67,7 @@ def resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_d
         raise InputError(f"{run_dir}: already holds a run (last.pt); pass --resume or choose another --out")
     if recipe and train_paths:
         raise InputError("--recipe and --train are alternatives; give one of them")
-    data = read_recipe(recipe) if recipe else {}
+    data = recipe_data_section(recipe) if recipe else {}
     if train_paths:
         data["train"] = [{"name": "train", "paths": _abs(train_paths), "ratio": 1.0}]
     if val_paths:
