@@ -42,7 +42,7 @@ from .errors import InputError
 from .fsutil import atomic_path, atomic_write_text, sha256_file
 from .manifest import REJECTED_SCHEMA, image_root_of, read_manifest
 from .provenance import software_versions
-from .shard import FORMAT_VERSION, BuildOptions, Rejected, encode_sample, process_row, sample_key, \
+from .shard import FORMAT_VERSION, BuildOptions, Rejected, encode_sample, load_image, process_row, sample_key, \
     write_tar
 
 log = logging.getLogger(__name__)
@@ -173,16 +173,6 @@ def _tune_malloc() -> None:
         libc.mallopt(-1, int(MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]))  # M_TRIM_THRESHOLD
 
 
-def _read_bgr(path) -> np.ndarray:
-    """:func:`pipeline.shard.load_image` without the colour conversion (same rejection reasons)."""
-    if not Path(path).is_file():
-        raise Rejected("missing image")
-    img = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise Rejected("corrupt image (cannot decode)")
-    return img
-
-
 def _index_row(task: ShardTask, sample: dict) -> dict:
     m, a = sample["meta"], sample["arrays"]
     return {"shard": task.name, "shard_index": task.index, "key": sample["key"], "sample_id": m["sample_id"],
@@ -195,7 +185,7 @@ def _index_row(task: ShardTask, sample: dict) -> dict:
 def _encoded_samples(task: ShardTask, opts: BuildOptions, index_rows: list, rejected: list):
     for row in task.rows:
         try:
-            sample = process_row(row, _read_bgr(row["_image"]), opts)
+            sample = process_row(row, load_image(row["_image"], rgb=False), opts)
             # the warp works per channel, so warping BGR and converting the small crop is bit-identical to
             # converting the full frame first (and saves a full-frame colour conversion per sample)
             sample["image"] = cv2.cvtColor(sample["image"], cv2.COLOR_BGR2RGB)

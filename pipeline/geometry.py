@@ -20,7 +20,7 @@ import numpy as np
 __all__ = [
     "as_f64", "intrinsics", "project", "rays_from_pixels", "bbox_center", "bbox_corners", "center_ray",
     "rotation_to_optical_axis", "pr_angle", "crop_focal", "crop_intrinsics", "crop_from_image", "apply_homography",
-    "stored_crop_size", "center_slice_offset", "shift_intrinsics", "distort_normalized", "undistort_normalized",
+    "stored_crop_size", "center_slice_offset", "distort_normalized", "undistort_normalized",
     "undistort_pixels", "image_maps_for_crop", "preshrink_factor", "scale_intrinsics_for_resize",
     "labels_from_joints", "joints_from_uvd", "pe_map", "flip_intrinsics", "flip_uvd", "flip_points",
     "pixel_grid_points", "rotation_about_z",
@@ -172,14 +172,6 @@ def center_slice_offset(store_size: int, crop_size: int) -> int:
     if (store_size - crop_size) % 2:
         raise ValueError(f"stored crop {store_size} and crop {crop_size} differ by an odd number of pixels")
     return (store_size - crop_size) // 2
-
-
-def shift_intrinsics(K, du, dv) -> np.ndarray:
-    """Intrinsics of an image whose pixel (du, dv) becomes the new origin (an integer slice or a padding)."""
-    K2 = as_f64(K).copy()
-    K2[..., 0, 2] -= du
-    K2[..., 1, 2] -= dv
-    return K2
 
 
 # ---------------------------------------------------------------------------------------------- distortion

@@ -67,15 +67,16 @@ def sample_key(sample_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", sample_id)
 
 
-def load_image(path) -> np.ndarray:
-    """Read an image as RGB uint8; raises Rejected for a missing or undecodable file."""
+def load_image(path, rgb: bool = True) -> np.ndarray:
+    """Read an image as RGB uint8 (BGR, OpenCV's order, with ``rgb=False``); raises Rejected for a missing or
+    undecodable file."""
     data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
     if data is None:
         raise Rejected("missing image")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if img is None:
         raise Rejected("corrupt image (cannot decode)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img
 
 
 def _undistorted_box(bbox, K, dist) -> np.ndarray:

@@ -29,14 +29,24 @@ LABEL_H = 34  # pixels of caption under every tile
 SIDE_COLOURS = {"l": (60, 160, 255), "r": (255, 110, 50), "c": (70, 220, 90)}
 
 
-def _read_index(out_dir: Path) -> list[dict]:
+def _read_index(out_dir: Path, tars=None) -> list[dict]:
+    """index.parquet rows of a shard directory (of the shard files ``tars`` only, when given), each with its
+    directory under ``_dir``."""
     p = out_dir / "index.parquet"
     if not p.is_file():
         raise InputError(f"{p}: not found (is {out_dir} a shard directory?)")
     try:
-        return pq.read_table(p).to_pylist()
+        rows = pq.read_table(p).to_pylist()
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise InputError(f"{p}: unreadable index ({str(e).splitlines()[0][:200]})") from None
+    names = None if tars is None else {Path(t).stem for t in tars}
+    return [{**r, "_dir": out_dir} for r in rows if names is None or r["shard"] in names]
+
+
+def read_index(specs) -> list[dict]:
+    """The index rows of the shards named by shard specs (:mod:`pipeline.shardspec`), in spec order."""
+    from .shardspec import shard_groups
+    return [r for g in shard_groups(specs) for r in _read_index(g.directory, g.tars)]
 
 
 def select(index: list[dict], split: str | None = None, dataset: str | None = None) -> list[dict]:
@@ -53,24 +63,26 @@ def pick_samples(index: list[dict], n: int, seed: int, split: str | None = None,
     return [rows[i] for i in pick]
 
 
-def read_samples(out_dir: Path, picked: list[dict]) -> list[dict]:
-    """Decode the picked samples, opening only their shards and reading only their members."""
-    by_shard: dict[str, set] = {}
+def read_samples(out_dir: Path | None, picked: list[dict]) -> list[dict]:
+    """Decode the picked samples (of ``out_dir``, or of each row's ``_dir``), opening only their shards and
+    reading only their members."""
+    by_shard: dict[tuple, set] = {}
     for r in picked:
-        by_shard.setdefault(r["shard"], set()).add(r["key"])
-    found: dict[str, dict] = {}
-    for shard, keys in sorted(by_shard.items()):
+        by_shard.setdefault((str(r.get("_dir", out_dir)), r["shard"]), set()).add(r["key"])
+    found: dict[tuple, dict] = {}
+    for (directory, shard), keys in sorted(by_shard.items()):
         members: dict[str, dict] = {}
-        tar = out_dir / f"{shard}.tar"
+        tar = Path(directory) / f"{shard}.tar"
         try:
             for sample in iter_tar(tar):
                 if sample["__key__"] in keys:
                     members[sample["__key__"]] = sample
         except (OSError, tarfile.TarError) as e:
-            raise InputError(f"{tar}: unreadable shard ({e}); run perspose-build verify {out_dir}") from None
+            raise InputError(f"{tar}: unreadable shard ({e}); run perspose-build verify {directory}") from None
         for key, mem in members.items():
-            found[key] = decode_sample(mem)
-    return [found[r["key"]] for r in picked if r["key"] in found]
+            found[(directory, key)] = decode_sample(mem)
+    keys = [(str(r.get("_dir", out_dir)), r["key"]) for r in picked]
+    return [found[k] for k in keys if k in found]
 
 
 def draw_sample(sample: dict, tile: int) -> np.ndarray:
@@ -181,7 +193,7 @@ def pr_angle_histogram(index: list[dict], path: Path, bins: int = 36) -> None:
 
 
 @click.command("show")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("shards", nargs=-1, required=True)
 @click.option("-n", "n", default=16, show_default=True, help="Number of samples on the sheet.")
 @click.option("--split", default=None, help="Only samples of this split.")
 @click.option("--dataset", default=None, help="Only samples of this dataset.")
@@ -189,20 +201,22 @@ def pr_angle_histogram(index: list[dict], path: Path, bins: int = 36) -> None:
 @click.option("--tile", default=256, show_default=True, help="Tile size in pixels.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Contact sheet PNG.")
 @click.option("--hist", type=click.Path(path_type=Path), default=None, help="PR-angle histogram PNG.")
-def show_cmd(out_dir, n, split, dataset, seed, tile, out, hist):
+def show_cmd(shards, n, split, dataset, seed, tile, out, hist):
     """Contact sheet of random crops with their skeletons (--out) and/or the PR-angle histogram (--hist); both
-    honour --split and --dataset."""
+    honour --split and --dataset.
+
+    SHARDS: shard directories, .tar files, quoted globs or brace patterns."""
     if out is None and hist is None:
         raise InputError("nothing to do: give --out sheet.png and/or --hist pr_angle.png")
     if n < 1 or tile < 32:
         raise InputError("-n must be >= 1 and --tile >= 32")
-    index = _read_index(out_dir)
+    index = read_index(shards)
     if out is not None:
         picked = pick_samples(index, n, seed, split, dataset)
         if not picked:
-            raise InputError(f"{out_dir}: no samples" + (f" in split {split!r}" if split else "")
+            raise InputError(f"{' '.join(shards)}: no samples" + (f" in split {split!r}" if split else "")
                              + (f" of dataset {dataset!r}" if dataset else ""))
-        samples = read_samples(out_dir, picked)
+        samples = read_samples(None, picked)
         _write_png(out, contact_sheet(samples, tile))
         click.echo(f"wrote {out} ({len(samples)} samples)")
     if hist is not None:

@@ -132,8 +132,9 @@ def verify_shard(out_dir, s: dict, exp_keys: list) -> dict:
     return res
 
 
-def verify_dir(out_dir, progress: bool = True, jobs: int = 1) -> VerifyReport:
-    """Check everything in a shard directory; failures name the shard (and key)."""
+def verify_dir(out_dir, progress: bool = True, jobs: int = 1, only=None) -> VerifyReport:
+    """Check everything in a shard directory (or, with ``only``, the shard files of those names and the
+    directory's build.json / index.parquet); failures name the shard (and key)."""
     out_dir = Path(out_dir)
     bj = out_dir / "build.json"
     if not bj.is_file():
@@ -158,8 +159,11 @@ def verify_dir(out_dir, progress: bool = True, jobs: int = 1) -> VerifyReport:
     from joblib import Parallel, delayed
     from tqdm import tqdm
     par = Parallel(n_jobs=jobs, return_as="generator")
-    work = (delayed(verify_shard)(out_dir, s, [r["key"] for r in by_shard.get(s["name"], [])]) for s in info["shards"])
-    for res in tqdm(par(work), total=len(info["shards"]), unit="shard", desc="verify", disable=not progress,
+    shards = [s for s in info["shards"] if only is None or s["file"] in only]
+    for name in sorted(set(only or ()) - {s["file"] for s in info["shards"]}):
+        rep.failures.append(f"{name}: not listed in {bj}")
+    work = (delayed(verify_shard)(out_dir, s, [r["key"] for r in by_shard.get(s["name"], [])]) for s in shards)
+    for res in tqdm(par(work), total=len(shards), unit="shard", desc="verify", disable=not progress,
                     dynamic_ncols=True):
         rep.shards += 1
         rep.samples += res["samples"]
@@ -170,16 +174,36 @@ def verify_dir(out_dir, progress: bool = True, jobs: int = 1) -> VerifyReport:
     return rep
 
 
+def verify_specs(specs, progress: bool = True, jobs: int = 1) -> VerifyReport:
+    """:func:`verify_dir` over shard specs (:mod:`pipeline.shardspec`): whole directories, or the named shard
+    files of their directories."""
+    from .shardspec import shard_groups
+    total = VerifyReport()
+    for group in shard_groups(specs):
+        everything = {t.name for t in group.directory.glob("*.tar")} == {t.name for t in group.tars}
+        rep = verify_dir(group.directory, progress, jobs, None if everything else {t.name for t in group.tars})
+        total.shards += rep.shards
+        total.samples += rep.samples
+        total.bytes += rep.bytes
+        total.failures.extend(rep.failures)
+        for ds, n in rep.by_dataset.items():
+            total.by_dataset[ds] = total.by_dataset.get(ds, 0) + n
+    return total
+
+
 @click.command("verify")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("shards", nargs=-1, required=True)
 @click.option("--jobs", default=1, show_default=True, help="Parallel shard checks (-1: all cores).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def verify_cmd(out_dir: Path, jobs: int, no_progress: bool):
-    """Re-read every shard in OUT_DIR: checksums, counts, decoding and label invariants. Exit 1 on failure."""
+def verify_cmd(shards, jobs: int, no_progress: bool):
+    """Re-read shards: checksums, counts, decoding and label invariants. Exit 1 on failure.
+
+    SHARDS: shard directories (everything in them), .tar files, quoted globs or brace patterns."""
     from .report import print_table
     if jobs == 0:
         raise InputError("--jobs 0: use a positive number or -1 (all cores)")
-    rep = verify_dir(out_dir, progress=not no_progress, jobs=jobs)
+    rep = verify_specs(shards, progress=not no_progress, jobs=jobs)
+    out_dir = " ".join(shards)
     rows = [("shards", rep.shards), ("samples", rep.samples), ("MB", round(rep.bytes / 1e6, 3))]
     rows += [(f"samples: {d}", n) for d, n in sorted(rep.by_dataset.items())]
     rows.append(("failures", len(rep.failures)))

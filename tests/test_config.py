@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from pipeline.errors import InputError
-from trainer.checkpoint import load_checkpoint, model_state_dict, rng_state, save_checkpoint, set_rng_state, \
-    unwrap_model
+from trainer.checkpoint import load_checkpoint, model_state_dict, rng_state, save_checkpoint, set_rng_state
+from trainer.model import unwrap_model
 from trainer.config import TrainConfig, config_from_dict, dump_yaml, load_config, preset_path
 from trainer.configtools import config_to_dict
 from trainer.losses import LossConfig, heatmap_cross_entropy, pose_losses

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from _geom import shift_intrinsics
 from pipeline import geometry as g
 from pipeline.skeleton import get_skeleton
 
@@ -148,7 +149,7 @@ def _shifted_crop_intrinsics(du, dv):
     orig = g.crop_intrinsics
 
     def bad(*args, **kw):
-        return g.shift_intrinsics(orig(*args, **kw), -du, -dv)  # principal point moved by (+du, +dv)
+        return shift_intrinsics(orig(*args, **kw), -du, -dv)  # principal point moved by (+du, +dv)
     return bad
 
 
@@ -167,7 +168,7 @@ def test_image_warped_with_shifted_intrinsics_fails_the_label_check(scene, shift
     """Labels from K_crop but the image warped with a half-pixel-shifted K_crop: the label check catches it."""
     orig = g.crop_from_image
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(g, "crop_from_image", lambda K, R, Kc: orig(K, R, g.shift_intrinsics(Kc, *shift)))
+        mp.setattr(g, "crop_from_image", lambda K, R, Kc: orig(K, R, shift_intrinsics(Kc, *shift)))
         with pytest.raises(AssertionError, match="labels_px"):
             check_sample(scene)
 
@@ -417,7 +418,7 @@ def test_center_slice_of_stored_crop_equals_direct_crop(scene, pr):
     o = g.center_slice_offset(St, S)
     b = build(scene, pr)
     K_store = g.crop_intrinsics(scene.bbox, scene.K, b["R"], b["f"], St)
-    np.testing.assert_allclose(g.shift_intrinsics(K_store, o, o), b["Kc"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(shift_intrinsics(K_store, o, o), b["Kc"], rtol=0, atol=1e-9)
     rot = scene.joints @ b["R"].T
     np.testing.assert_allclose(g.project(rot, K_store) - o, g.project(rot, b["Kc"]), rtol=0, atol=1e-8)
     W, H = min(int(2 * scene.K[0, 2] + 1), 2048), min(int(2 * scene.K[1, 2] + 1), 2048)

@@ -1,4 +1,4 @@
-"""The torch twin (pipeline/geometry_torch.py) against the float64 numpy geometry: values, dtypes, gradients."""
+"""The torch twin (trainer/geometry_torch.py) against the float64 numpy geometry: values, dtypes, gradients."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import geometry as g
-from pipeline import geometry_torch as gt
+from trainer import geometry_torch as gt
 
 SEEDS = st.integers(0, 2**32 - 1)
 
@@ -128,3 +128,13 @@ def test_crop_pixel_grid_is_stride4_centres():
     assert grid.shape == (64,)
     torch.testing.assert_close(grid[:3], torch.tensor([1.5, 5.5, 9.5]))
     assert grid[-1].item() == 253.5 and (grid[0] + grid[-1]).item() == 255.0   # symmetric about (S-1)/2
+
+
+def test_flip_intrinsics_twin_agrees_with_numpy_and_is_an_involution():
+    b = random_batch(5, B=6)
+    K = torch.from_numpy(b["K_crop"])
+    for S in (64, 256):
+        flipped = gt.flip_intrinsics(K, S)
+        np.testing.assert_array_equal(flipped.numpy(), g.flip_intrinsics(b["K_crop"], S))
+        torch.testing.assert_close(gt.flip_intrinsics(flipped, S), K, rtol=0, atol=0)
+        assert torch.equal(flipped[:, :, :2], K[:, :, :2]) and torch.equal(flipped[:, 1:], K[:, 1:])

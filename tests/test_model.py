@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.geometry_torch import joints_from_uvd
+from trainer.geometry_torch import joints_from_uvd
 from pipeline.skeleton import get_skeleton
 from trainer.model import (ModelConfig, build_model, concat_flip_perm, flip_test, normalize_images, soft_argmax,
                            unflip_predictions)

@@ -21,20 +21,11 @@ import torch
 from pipeline.errors import InputError
 from pipeline.fsutil import atomic_path
 
+from .model import unwrap_model
+
 __all__ = ["unwrap_model", "model_state_dict", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module under any DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def model_state_dict(model: torch.nn.Module) -> dict:

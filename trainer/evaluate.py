@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import InputError
-from pipeline.geometry_torch import joints_from_uvd
+from trainer.geometry_torch import joints_from_uvd
 from pipeline.skeleton import get_skeleton
 
 from . import metrics as M

@@ -108,7 +108,7 @@ def heatmap_cross_entropy(prob: torch.Tensor, uv_t: torch.Tensor, mask: torch.Te
                           sigma_cells: float) -> torch.Tensor:
     """Masked mean over joints of -sum_cells target * log(prob), the target a normalised Gaussian at the GT uv
     (crop pixels) on the heatmap's cell centres (the same grid the soft-argmax uses). Nats; 0-d tensor."""
-    from pipeline.geometry_torch import crop_pixel_grid
+    from trainer.geometry_torch import crop_pixel_grid
 
     from .model import HEATMAP_STRIDE
     grid = crop_pixel_grid(crop_size, HEATMAP_STRIDE, prob.device, torch.float32)      # (S/4,) pixel centres

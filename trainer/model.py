@@ -19,7 +19,7 @@ Output dict (heads and decoding run in float32 outside autocast):
 - ``scale`` (B,): s-hat = z'_root / f_crop, metres per pixel OF THE S CROP THE MODEL SEES. The reference predicts
   rho0 = 0.007 exp(3 (sigmoid - 0.5)) m/px for 256-px crops; s-hat scales with 1/f_crop, i.e. with 1/S for the same
   framing, so here s-hat = 0.007 (256/S) exp(3 (sigmoid - 0.5)) -- the reference bounds scaled by 256/S.
-- ``xyz_crop`` (B,J,3): joints in the crop camera (pipeline.geometry_torch.joints_from_uvd, DESIGN §3.7); float64
+- ``xyz_crop`` (B,J,3): joints in the crop camera (trainer.geometry_torch.joints_from_uvd, DESIGN §3.7); float64
   when K_crop is float64. Samples without a valid K_crop (fx <= 0) are decoded with a nominal K (f = S, centre
   (S-1)/2) so that no NaN appears; their xyz is meaningless.
 - ``xyz_orig`` (B,J,3): only when R is given: R^T applied (the original camera).
@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pipeline.geometry_torch import crop_pixel_grid, joints_from_uvd, pe_map
+from trainer.geometry_torch import crop_pixel_grid, flip_intrinsics, joints_from_uvd, pe_map
 from pipeline.skeleton import DEFAULT_SKELETONS, SKELETONS, get_skeleton, joint_slices
 from trainer.hrnet import GlobalHead, HighResolutionNet, LoadReport, init_hrnet_weights, load_pose_hrnet_weights
 
@@ -230,6 +230,17 @@ class PersPose(nn.Module):
             return assemble_outputs(uv, d, scale, K_crop, s, R, prob if return_heatmaps else None)
 
 
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module under any DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def build_model(cfg: ModelConfig | None = None) -> PersPose:
     """A freshly initialised PersPose (CPU, train mode). Load pretrained weights with load_pose_hrnet_weights."""
     return PersPose(cfg or ModelConfig())
@@ -258,14 +269,12 @@ def flip_test(model: PersPose, images: torch.Tensor, K_crop: torch.Tensor, has_i
     The mirrored crop's camera has c_x -> (S-1) - c_x (exact for pixel centres at integers); uvd and xyz are
     recomputed from the averaged uv, d and scale with the original K_crop (and R). Works on DDP / torch.compile
     wrappers of the model."""
-    from .checkpoint import unwrap_model
     net = unwrap_model(model)  # DDP (.module) and torch.compile (._orig_mod)
     if not isinstance(net, PersPose):
         raise TypeError(f"flip_test needs a PersPose model (possibly wrapped), got {type(model).__name__}")
     s = net.cfg.crop_size
     out = model(images, K_crop, has_intrinsics, None, return_heatmaps)
-    K_flip = K_crop.clone()
-    K_flip[:, 0, 2] = (s - 1) - K_flip[:, 0, 2]
+    K_flip = flip_intrinsics(K_crop, s)
     back = unflip_predictions(model(_flip_images(images), K_flip, has_intrinsics, None, return_heatmaps),
                               net.flip_perm, s)
     avg = {k: 0.5 * (out[k] + back[k]) for k in back}

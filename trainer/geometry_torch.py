@@ -1,4 +1,7 @@
-"""Torch twins of the geometry the model needs: the UVD -> camera inverse and the PE map.
+"""Torch twins of the geometry the model needs: the UVD -> camera inverse, the PE map and the flip.
+
+It lives in ``trainer/`` because only the model, the losses and the evaluation use it; ``pipeline/`` stays
+torch-free.
 
 Same conventions as :mod:`pipeline.geometry` (OpenCV frames, pixel centres at integers, metres). Batched and
 differentiable. Low-precision inputs (bf16/fp16) are computed in float32 (a bf16 pixel has ~3 significant digits,
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["joints_from_uvd", "pe_map", "crop_pixel_grid"]
+__all__ = ["joints_from_uvd", "pe_map", "crop_pixel_grid", "flip_intrinsics"]
 
 
 def _work_dtype(*ts: torch.Tensor) -> torch.dtype:
@@ -55,3 +58,11 @@ def pe_map(K_crop: torch.Tensor, crop_size: int, stride: int = 4) -> torch.Tenso
     n = g.shape[0]
     m = torch.stack([x[:, None, :].expand(-1, n, -1), y[:, :, None].expand(-1, -1, n)], dim=1)
     return m * valid[:, None, None, None].to(dt)
+
+
+def flip_intrinsics(K_crop: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """Intrinsics (..., 3, 3) after a horizontal flip u -> (S-1) - u of the S crop: c_x -> (S-1) - c_x (the
+    torch twin of :func:`pipeline.geometry.flip_intrinsics`)."""
+    out = K_crop.clone()
+    out[..., 0, 2] = (crop_size - 1) - out[..., 0, 2]
+    return out
