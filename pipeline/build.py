@@ -1,19 +1,14 @@
-"""Build webdataset shards from one or more manifests (DESIGN §6): plan, parallel per-shard work, resume, report.
+"""The build runner: executes the plan of :mod:`pipeline.build_plan` (docs/design.md §7) with joblib, resumes,
+and writes the report files.
 
-The plan (which sample goes to which shard) is a pure function of the manifests and the options: the rows of
-all manifests are concatenated and sorted by ``sample_id`` (a later row whose webdataset key duplicates an
-earlier one is rejected as "duplicate sample key"), then cut into consecutive runs of ``shard_size``.
-Shard ``n`` is ``{prefix}-{n:06d}.tar``; every shard of the plan exists after a build, also one whose samples
-were all rejected (then it is a valid, empty tar), so brace patterns like ``shard-{000000..000041}.tar`` work.
-
-Each shard is one joblib task. The worker receives only its rows, decodes the images, crops them with
-:func:`pipeline.shard.process_row`, writes the tar atomically and then, also atomically, a sidecar
-``{prefix}-{n:06d}.json`` holding the shard's plan hash, the tar's sha256, its index rows and its rejections.
-A rerun reuses a shard when its sidecar exists, the plan hash matches and the tar's sha256 matches the
-sidecar: so a build that was killed resumes where it stopped, and the result is byte-identical to an
-uninterrupted build. The plan hash covers the format version, the crop options, the cv2/numpy versions (they
-decide the encoded bytes), and the full content of every manifest row of the shard with its resolved image path
-(not the image bytes: replace an image in place and you must delete the shard or its sidecar).
+Each shard of the plan is one joblib task (loky, threading, dask or ray). The worker receives only its rows,
+decodes the images, crops them with :func:`pipeline.shard.process_row`, writes the tar atomically and then,
+also atomically, a sidecar ``{prefix}-{n:06d}.json`` holding the shard's plan hash, the tar's sha256, its index
+rows and its rejections; so a build that was killed resumes where it stopped (the plan reuses finished shards),
+and the result is byte-identical to an uninterrupted build, with any number of jobs. Every shard of the plan
+exists after a build, also one whose samples were all rejected (then it is a valid, empty tar), so brace
+patterns like ``shard-{000000..000041}.tar`` work. Temporaries of interrupted writes and shards beyond the plan
+are removed before the work starts.
 
 ``rejected.parquet`` holds the build-time rejections only (duplicate keys, unreadable images, PR angle over the
 limit, boxes outside the image, ...); rows an adapter rejected are in the manifest's own ``X.rejected.parquet``.
@@ -23,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -34,21 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .build_plan import ShardTask, load_rows, plan_build, plan_shards
 from .errors import InputError
 from .fsutil import atomic_path, atomic_write_text, sha256_file
-from .manifest import REJECTED_SCHEMA, image_root_of, read_manifest
+from .manifest import REJECTED_SCHEMA
 from .provenance import software_versions
-from .shard import FORMAT_VERSION, BuildOptions, Rejected, encode_sample, load_image, process_row, sample_key, \
-    write_tar
+from .shard import FORMAT_VERSION, BuildOptions, Rejected, encode_sample, load_image, process_row, write_tar
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ShardTask", "BuildConfig", "BuildResult", "load_rows", "plan_shards", "build_shard", "build_shards",
-           "MALLOC_ENV", "INDEX_SCHEMA", "REJECTED_SCHEMA", "BACKENDS"]
+           "MALLOC_ENV", "INDEX_SCHEMA", "REJECTED_SCHEMA", "BACKENDS"]   # ShardTask, load_rows, plan_shards: the plan's
 
 BACKENDS = ("loky", "threading", "dask", "ray")
 # glibc: with both set, decoding large JPEGs is nearly twice as fast (platform notes); one alone does nothing
@@ -72,14 +65,6 @@ class BuildConfig:
     scheduler: str | None = None   # address of an existing dask / ray cluster
 
 
-@dataclass(frozen=True)
-class ShardTask:
-    index: int
-    name: str           # file stem, e.g. shard-000003
-    rows: tuple         # manifest rows (dicts) of this shard, sorted, with "_image" = resolved image path
-    plan_hash: str
-
-
 @dataclass
 class BuildResult:
     out_dir: Path
@@ -89,79 +74,6 @@ class BuildResult:
     reused: int
     elapsed_s: float
     build_json: dict
-
-
-# ------------------------------------------------------------------------------------------------ planning
-def load_rows(manifests) -> tuple[list[dict], list[tuple[str, str]], list[dict]]:
-    """Read manifests -> (rows sorted by sample_id, duplicate-key rejections, per-manifest info for build.json).
-    Raises InputError for a missing manifest or a missing image root."""
-    rows, infos = [], []
-    for m_index, path in enumerate(manifests):
-        path = Path(path)
-        table, meta = read_manifest(path)
-        root = image_root_of(meta, path)
-        if not root.is_dir():
-            raise InputError(f"{path}: image_root {root} does not exist (move the images there or rewrite the "
-                             f"manifest)")
-        part = table.to_pylist()
-        for r in part:
-            p = Path(r["image_path"])
-            r["_image"] = str(p if p.is_absolute() else root / p)
-            r["_manifest"] = m_index
-        rows.extend(part)
-        infos.append({"path": str(path.resolve()), "sha256": sha256_file(path), "rows": len(part),
-                      "image_root": str(root), "adapter": meta.get("adapter", "")})
-    rows.sort(key=lambda r: (r["sample_id"], r["_manifest"]))
-    kept, rejected, seen = [], [], set()
-    for r in rows:
-        k = sample_key(r["sample_id"])
-        if k in seen:
-            rejected.append((r["sample_id"], "duplicate sample key"))
-            continue
-        seen.add(k)
-        kept.append(r)
-    return kept, rejected, infos
-
-
-def _feed(h, v) -> None:
-    """Hash a manifest value unambiguously (type tag + bytes); numeric lists go through numpy (fast, exact)."""
-    if v is None:
-        h.update(b"N")
-    elif isinstance(v, str):
-        b = v.encode()
-        h.update(b"S%d:" % len(b) + b)
-    elif isinstance(v, (bool, int, float)):
-        h.update(b"V" + repr(v).encode() + b";")
-    elif isinstance(v, dict):
-        h.update(b"D%d:" % len(v))
-        for k in sorted(v):
-            _feed(h, k)
-            _feed(h, v[k])
-    else:
-        a = np.asarray(v, dtype=np.float64)
-        h.update(b"A%d:" % a.size + a.tobytes())
-
-
-def plan_hash(rows, opts: BuildOptions) -> str:
-    """sha256 of the format version, the crop options, the cv2 / numpy versions and every row's full content
-    (with its resolved image path); the manifest a row came from does not matter."""
-    h = hashlib.sha256()
-    head = {"format_version": FORMAT_VERSION, "options": dataclasses.asdict(opts), "cv2": cv2.__version__,
-            "numpy": np.__version__}
-    h.update(json.dumps(head, sort_keys=True).encode())
-    for r in rows:
-        _feed(h, {k: v for k, v in r.items() if k != "_manifest"})
-    return h.hexdigest()
-
-
-def plan_shards(rows: list[dict], cfg: BuildConfig) -> list[ShardTask]:
-    """Cut sorted rows into consecutive shards of cfg.shard_size (a pure function of rows and options)."""
-    n = cfg.shard_size
-    tasks = []
-    for i, start in enumerate(range(0, len(rows), n)):
-        part = tuple(rows[start:start + n])
-        tasks.append(ShardTask(i, f"{cfg.prefix}-{i:06d}", part, plan_hash(part, cfg.opts)))
-    return tasks
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -216,21 +128,6 @@ def build_shard(task: ShardTask, opts: BuildOptions, out_dir) -> dict:
             "rejected": [list(r) for r in rejected]}
     atomic_write_text(out_dir / f"{task.name}.json", json.dumps(side, sort_keys=True))
     return side
-
-
-def reusable_sidecar(task: ShardTask, out_dir) -> dict | None:
-    """The sidecar of a finished shard identical to the plan, or None if the shard must be (re)built."""
-    out_dir = Path(out_dir)
-    side_path, tar = out_dir / f"{task.name}.json", out_dir / f"{task.name}.tar"
-    try:
-        side = json.loads(side_path.read_text())
-        if side.get("plan_hash") != task.plan_hash or not tar.is_file():
-            return None
-        if tar.stat().st_size != side.get("bytes") or sha256_file(tar) != side.get("sha256"):
-            return None
-        return side
-    except (OSError, ValueError):
-        return None
 
 
 def _clean_stale(out_dir: Path, prefix: str, n_planned: int) -> None:
@@ -316,23 +213,16 @@ def build_shards(manifests, out_dir, cfg: BuildConfig = BuildConfig(), progress:
         raise InputError(f"--shard-size {cfg.shard_size}: must be >= 1")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    rows, dup_rejected, infos = load_rows(manifests)
-    tasks = plan_shards(rows, cfg)
+    plan = plan_build(manifests, out_dir, cfg.shard_size, cfg.prefix, cfg.opts)
+    tasks, todo, infos, dup_rejected = plan.tasks, plan.todo, list(plan.manifests), list(plan.rejected)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
     _clean_stale(out_dir, cfg.prefix, len(tasks))
-
-    sidecars, todo = {}, []
-    for t in tasks:
-        side = reusable_sidecar(t, out_dir)
-        if side is None:
-            todo.append(t)
-        else:
-            sidecars[t.index] = side
+    sidecars = dict(plan.reused)
     reused = len(sidecars)
-    log.info("planned %d samples in %d shards; reused %d shards, building %d", len(rows), len(tasks), reused,
+    log.info("planned %d samples in %d shards; reused %d shards, building %d", plan.rows, len(tasks), reused,
              len(todo))
 
     from tqdm import tqdm

@@ -118,13 +118,16 @@ def test_same_input_same_bytes_and_jobs_do_not_matter(toy, tmp_path):
                      progress=False)
     da = _digests(a.out_dir)
     assert len(da) == 5 and da == _digests(b.out_dir) == _digests(c.out_dir) == _digests(d.out_dir)
+    assert len({sha256_file(r.out_dir / "rejected.parquet") for r in (a, b, c, d)}) == 1   # (index: in _digests)
 
 
 def test_plan_is_pure_and_rerun_reuses_or_rebuilds(toy, tmp_path):
     manifest, rows, img_dir = toy
     cfg = BuildConfig(shard_size=4, jobs=1)
     r1, _, _ = load_rows([manifest])
-    assert [t.plan_hash for t in plan_shards(r1, cfg)] == [t.plan_hash for t in plan_shards(load_rows([manifest])[0], cfg)]
+    plan = (cfg.shard_size, cfg.prefix, cfg.opts)
+    again = load_rows([manifest])[0]
+    assert [t.plan_hash for t in plan_shards(r1, *plan)] == [t.plan_hash for t in plan_shards(again, *plan)]
     out = tmp_path / "out"
     build_shards([manifest], out, cfg, progress=False)
     before = _digests(out)
