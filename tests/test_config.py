@@ -33,7 +33,7 @@ def test_paper_preset_equals_defaults_and_demo_is_small():
     demo = load_config("demo")
     assert demo.model.crop_size <= 128 and demo.model.width <= 16 and demo.batch_size <= 64
     assert demo.model.stage_modules == (1, 1, 1) and demo.model.stage_blocks == 1     # the light layout
-    assert demo.total_steps() <= 2000 and demo.loss.heatmap_weight > 0 and demo.augment.p_no_aug == 1.0
+    assert demo.total_steps(world_size=2) <= 3000 and demo.loss.heatmap_weight > 0 and demo.augment.p_no_aug == 1.0
 
 
 def test_set_overrides_are_typed():
