@@ -1,6 +1,6 @@
 """Exact Perspective-Rotation (PR) crop geometry: pure, batched float64 numpy functions.
 
-Conventions (DESIGN §2), written once here:
+Conventions (docs/design.md §2), written once here:
 
 * Camera frame: OpenCV (x right, y down, z forward). Points are row vectors ``(..., N, 3)``; a rotation
   ``R`` maps original-camera points to rotated-camera points as ``P' = R @ P`` (column form), i.e.

@@ -1,4 +1,4 @@
-"""Manifest: one parquet row per person-frame (DESIGN §5), its validation and atomic writing.
+"""Manifest: one parquet row per person-frame (docs/design.md §5), its validation and atomic writing.
 
 Every adapter produces rows in this schema; everything downstream (shards, show, eval) reads only this schema.
 ``K`` is null for samples without intrinsics (COCO); ``joints_cam`` is null for 2D-only samples.

@@ -1,6 +1,6 @@
 """One shard sample: manifest row + image -> PR-centred stored crop + exact labels, and its byte encoding.
 
-The sample contract (DESIGN §6) is read by the trainer and the evaluator:
+The sample contract (docs/design.md §6) is read by the trainer and the evaluator:
 
 * ``KEY.jpg``  RGB crop of S_store x S_store pixels (S_store = :func:`geometry.stored_crop_size`), JPEG.
 * ``KEY.npz``  arrays, no pickle: K_crop (stored-crop intrinsics), K_orig, R, H (original pixel -> stored crop
@@ -33,6 +33,7 @@ from . import geometry as g
 from .errors import InputError
 from .codec import decode_jpeg_rgb, encode_jpeg, npz_bytes, read_npz
 from .fsutil import atomic_path
+from .manifest import validate_row
 from .skeleton import get_skeleton
 from .tario import iter_tar
 
@@ -94,7 +95,13 @@ def _pseudo_intrinsics(w: int, h: int) -> np.ndarray:
 
 
 def process_row(row: dict, image: np.ndarray, opts: BuildOptions) -> dict:
-    """Crop and label one manifest row (python values as in :data:`manifest.SCHEMA`). Raises Rejected."""
+    """Crop and label one manifest row (python values as in :data:`manifest.SCHEMA`). Raises Rejected.
+
+    The row is checked again with the manifest's own rules first (non-finite values, f <= 0, joints behind the
+    camera, ...): a manifest written or edited by other means cannot slip one into a shard."""
+    reason = validate_row(row, None, check_images=False)
+    if reason is not None:
+        raise Rejected(reason)
     sk = get_skeleton(row["skeleton"])
     W, Hh = int(row["image_w"]), int(row["image_h"])
     if image.shape[0] != Hh or image.shape[1] != W:

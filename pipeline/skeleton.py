@@ -71,7 +71,7 @@ _SMPL24 = Skeleton(
     (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21),
     root=0,
     # the 3DPW challenge's 12 major joints (PCK/AUC); metrics use all 24 otherwise
-    eval_subsets=MappingProxyType({"all": tuple(range(24)), "3dpw12": (1, 2, 4, 5, 7, 8, 16, 17, 18, 19, 20, 21)}),
+    eval_subsets=MappingProxyType({"all": tuple(range(24))}),
 )
 
 _H36M17 = Skeleton(

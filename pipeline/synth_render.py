@@ -1,6 +1,6 @@
 """Exact ray-cast rendering of body volumes (capsules, ellipsoids) and random backgrounds for ``synth``.
 
-The pixel convention is the toolkit's (DESIGN §2): pixel centres at integer coordinates, so pixel (u, v) is
+The pixel convention is the toolkit's (docs/design.md §2): pixel centres at integer coordinates, so pixel (u, v) is
 rendered by the ray ``K^-1 [u, v, 1]`` through its centre. A point P therefore lands exactly on the pixel grid
 position ``(fx X/Z + cx, fy Y/Z + cy)``; labels need no half-pixel correction.
 

@@ -6,7 +6,7 @@ straight to the S crop with the same augmentation, collate). Both routes decode 
 ratio.
 
 A third route adds what the official code does besides, per sample, for its SMPL-labelled datasets (3DPW, H36M,
-BEDLAM: HumanMesh.__getitem__ in its datasets/humanmesh.py, method-reference §11-12): the SMPL forward pass in
+BEDLAM: HumanMesh.__getitem__ in its datasets/humanmesh.py; docs/design.md §11): the SMPL forward pass in
 float64 (24 joints, 6890 vertices, the H36M-17 regressor, the tight projected-vertex box), and the normalisation
 to float32 CHW in the loader worker (transform.py). The shards store those labels, and our batches stay uint8 and
 are normalised on the device. The SMPL model is random with the official shapes (the licensed files are not
@@ -14,7 +14,8 @@ needed to time it). The official __getitem__ also computes the ortho twists and 
 SMPL passes) and decodes an RLE mask; they are left out, so this route is a lower bound of the official cost.
 
 Everything is generated in a temporary directory: 1920x1080 JPEG q95 frames (built from the real H36M fixture
-frames when ../shared/fixtures/real is present, else a synthetic texture), manifest-like rows with 3D joints, and
+frames when the real fixtures are present, located as tests/_fixtures.py does; else a synthetic texture),
+manifest-like rows with 3D joints, and
 shards written with pipeline.shard directly. Both routes run single-threaded in this process (cv2 and torch
 limited to 1 thread), alternating in rounds; the medians are reported.
 
@@ -45,7 +46,8 @@ from trainer.batch import collate
 from trainer.data import DataSource, LoaderConfig, make_train_loader
 from trainer.photometric import cutout, photometric
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real" / "h36m"
+REAL = Path(os.environ.get("PERSPOSE_REAL_FIXTURES")
+            or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real") / "h36m"
 W, H = 1920, 1080
 SKELETONS = ("smpl24", "h36m17", "mpi_inf_3dhp17", "coco17")
 

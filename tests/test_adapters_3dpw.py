@@ -1,4 +1,4 @@
-"""3DPW adapter on generated sequence pickles in the real schema (dataset-formats §7)."""
+"""3DPW adapter on generated sequence pickles in the real schema (the format in pipeline/adapters/pw3d.py)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""BEDLAM adapter: generated SMPL-flavour label npz files (dataset-formats §7), close-up rotation to the disk frame."""
+"""BEDLAM adapter: generated SMPL-flavour label npz files (the format in the adapter docstring), close-up rotation to the disk frame."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""COCO keypoints adapter: generated json (dataset-formats §7) and the real 4-image fixture."""
+"""COCO keypoints adapter: generated json in the COCO keypoints format and the real 4-image fixture."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Human3.6M (Moon JSON) adapter: generated annotation files (dataset-formats §7) and the real fixture."""
+"""Human3.6M (Moon JSON) adapter: generated annotation files in the native format and the real fixture."""
 from __future__ import annotations
 
 import json

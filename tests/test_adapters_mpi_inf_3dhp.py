@@ -1,4 +1,4 @@
-"""MPI-INF-3DHP adapter: HybrIK jsons and native .mat files, generated per dataset-formats §7."""
+"""MPI-INF-3DHP adapter: HybrIK jsons and native .mat files, generated in their native formats."""
 from __future__ import annotations
 
 import json

@@ -203,7 +203,7 @@ def test_heldout_stream_is_complete_ordered_and_deterministic(sets):
     ids = [r["meta"]["sample_id"] for r in recs]
     assert ids == _ids_in_file_order(sets["alpha"]) and skipped == 12      # beta is 2D-only (coco17)
     _assert_same_records(recs, _heldout([str(sets["alpha"]), str(sets["beta"])])[0])
-    # the crop-size rule at C = S: the integer centre slice of the stored crop, uv = stored uv - offset, K shifted
+    # the crop-size rule (docs/design.md §6) at C = S: the integer centre slice of the stored crop, uv = stored uv - offset, K shifted
     off = (OPTS.store_size - S) // 2
     first = decode_sample(next(iter_tar(sorted(sets["alpha"].glob("*.tar"))[0])))
     assert first["meta"]["sample_id"] == ids[0]
@@ -302,7 +302,7 @@ def test_crop_size_from_sample_json_without_build_json(tmp_path):
 
 def test_larger_built_crop_is_zoomed_down(tmp_path):
     d, rows = build_set(tmp_path, "big", 4, 1, opts=BuildOptions(crop_size=2 * S))
-    recs, _ = _heldout([str(d)])                  # the crop-size rule at C > S: one resampling, same field of view
+    recs, _ = _heldout([str(d)])            # docs/design.md §6, the crop-size rule at C > S: one resampling
     assert len(recs) == 4 and all(r["image"].shape == (S, S, 3) for r in recs)
     for r in recs:                                # exact labels, up to the shard's float32 storage (~3e-7 m at 5 m)
         P, _ = g.joints_from_uvd(r["uvd"], r["scale"], r["K_crop"], r["R"])

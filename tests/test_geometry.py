@@ -83,7 +83,7 @@ def invariant_errors(scene: Scene, b: dict, pr: bool = True) -> dict:
     corners = g.bbox_corners(scene.bbox)
     if b["pts"] is not None:
         corners = np.concatenate([corners, b["pts"]])
-    pp_expected = np.full(2, c) if pr else c - b["f"] * a[:2] / a[2]    # DESIGN §3.4 (paper Eq. 4 without PR)
+    pp_expected = np.full(2, c) if pr else c - b["f"] * a[:2] / a[2]    # docs/design.md §4.4 (paper Eq. 4 without PR)
     return {
         "R_a": np.abs(R @ a - EZ).max() if pr else 0.0,
         "R_orth": max(np.abs(R @ R.T - np.eye(3)).max(), abs(np.linalg.det(R) - 1.0)),
@@ -199,6 +199,7 @@ def test_inverse_with_transposed_rotation_fails_the_roundtrip(scene):
 @PROPS
 @given(scenes(), st.booleans())
 def test_pe_map_is_inverse_intrinsics_at_grid_points(scene, pr):
+    """docs/design.md §2 (heatmap / PE grid points 4j + 1.5) and §4.8 (the PE map)."""
     Kc = build(scene, pr)["Kc"]
     S, n = scene.S, scene.S // 4
     M = g.pe_map(Kc, S)
@@ -220,6 +221,7 @@ def test_pe_map_batched_shape():
 @PROPS
 @given(scenes(), st.sampled_from(["h36m17", "smpl24", "mpi_inf_3dhp17"]))
 def test_flip_twice_is_identity_and_flipped_labels_match(scene, skel):
+    """docs/design.md §2, flip: u -> (S-1) - u, x -> -x, c_x -> (S-1) - c_x, joints swapped."""
     sk = get_skeleton(skel)
     J, S = sk.num_joints, scene.S
     joints = np.resize(scene.joints, (J, 3))
@@ -260,7 +262,7 @@ def _centroids(img: np.ndarray) -> np.ndarray:
 @settings(max_examples=50, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([64, 256]))
 def test_flipped_labels_match_flipped_image(seed, S):
-    """Draw each joint as a blob, flip the image array (np.fliplr, what cv2.flip(img, 1) does): the blob of the
+    """docs/design.md §2 (pixel centres at integers, the flip). Draw each joint as a blob, flip the image array (np.fliplr, what cv2.flip(img, 1) does): the blob of the
     physical joint now labelled k sits exactly at flip_uvd's label; the pixel-edge convention W - u would be 1 px
     off."""
     sk = get_skeleton("h36m17")
@@ -411,8 +413,8 @@ def test_stored_crop_size_and_offset():
 @settings(max_examples=20, deadline=None)
 @given(scenes(), st.booleans())
 def test_center_slice_of_stored_crop_equals_direct_crop(scene, pr):
-    """The S crop is the integer centre slice of the S_store crop: same f_crop, K and labels shifted by the
-    offset, identical pixels."""
+    """docs/design.md §4 (stored crops with context) and §6 (the crop-size rule at C = S): the S crop is the
+    integer centre slice of the S_store crop: same f_crop, K and labels shifted by the offset, identical pixels."""
     S = scene.S
     St = g.stored_crop_size(S, 1.25)
     o = g.center_slice_offset(St, S)

@@ -34,8 +34,8 @@ def test_pose_backbone_w48_has_the_published_63_6_M_parameters():
 
 
 def test_w32_counts():
-    """pose_hrnet_w32 (pose layout) is the published 28.5 M; with the multi-scale last module (what PersPose uses,
-    and platform-notes' 29.3 M) it is 29.3 M."""
+    """pose_hrnet_w32 (pose layout) is the published 28.5 M; with the multi-scale last module (what PersPose uses)
+    it is 29.3 M."""
     assert abs(_meta_count(32, multi_scale=False) + 32 * 17 + 17 - 28.5e6) < 0.1e6
     assert abs(_meta_count(32, multi_scale=True) - 29.3e6) < 0.1e6
 

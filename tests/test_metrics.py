@@ -61,7 +61,8 @@ def _ref_pa_lsq(p, g):
 
 
 def _ref_pck(errs, thr):
-    return np.array([sum(1 for e in row if e <= thr) / len(row) for row in errs])
+    """The MPI-INF-3DHP MATLAB evaluation / mmpose / HybrIK definition: error strictly below the threshold."""
+    return np.array([sum(1 for e in row if e < thr) / len(row) for row in errs])
 
 
 # ------------------------------------------------------------------ tests
@@ -95,7 +96,7 @@ def test_identity_gives_zero_everywhere():
     assert np.all(M.depth_error(gt, gt, 0) == 0)
     assert np.all(M.root_error(gt, gt, 0) == 0)
     e = M.joint_errors(M.root_relative(gt, 0), M.root_relative(gt, 0))
-    assert np.all(M.pck(e) == 1) and np.all(M.auc(e) == 1)
+    assert np.all(M.pck(e) == 1) and np.all(M.auc(e) == 30 / 31)   # nothing is below the 0 mm threshold
 
 
 def test_similarity_transform_pa_zero_mpjpe_positive():
@@ -132,9 +133,12 @@ def test_pa_mpjpe_subset_and_degenerate_pose():
     assert np.isclose(out[0], np.linalg.norm(g - g.mean(0), axis=1).mean())
 
 
-def test_pck_boundary_is_inclusive_and_matches_loop():
+def test_pck_boundary_is_strict_and_matches_loop():
+    below, above = np.nextafter(150.0, 0.0), np.nextafter(150.0, 300.0)      # one ulp either side
+    assert M.pck(np.array([[150.0]]))[0] == 0.0                             # exactly at the threshold: a miss
+    assert M.pck(np.array([[below]]))[0] == 1.0 and M.pck(np.array([[above]]))[0] == 0.0
     errs = np.array([[150.0, 149.999, 150.001, 0.0]])
-    np.testing.assert_allclose(M.pck(errs), [0.75])
+    np.testing.assert_allclose(M.pck(errs), [0.5])
     rng = np.random.default_rng(6)
     e = rng.uniform(0, 300, size=(20, 14))
     e[0, :3] = 150.0
@@ -143,9 +147,11 @@ def test_pck_boundary_is_inclusive_and_matches_loop():
 
 def test_auc_thresholds_and_values():
     assert len(M.AUC_THRESHOLDS_MM) == 31 and M.AUC_THRESHOLDS_MM[0] == 0 and M.AUC_THRESHOLDS_MM[-1] == 150
-    assert M.auc(np.zeros((2, 14))).tolist() == [1.0, 1.0]
-    assert M.auc(np.full((1, 14), 151.0))[0] == 0.0
-    assert M.auc(np.full((1, 14), 150.0))[0] == pytest.approx(1 / 31)
+    assert M.auc(np.zeros((2, 14))).tolist() == [30 / 31, 30 / 31]           # a perfect prediction
+    assert M.auc(np.full((1, 14), 150.0))[0] == 0.0                         # below no threshold
+    assert M.auc(np.full((1, 14), np.nextafter(150.0, 0.0)))[0] == pytest.approx(1 / 31)
+    assert M.auc(np.full((1, 14), 5.0))[0] == pytest.approx(29 / 31)        # at 5 mm: counts from 10 mm on
+    assert M.auc(np.full((1, 14), np.nextafter(5.0, 0.0)))[0] == pytest.approx(30 / 31)
     rng = np.random.default_rng(7)
     e = rng.uniform(0, 200, size=(10, 14))
     ref = np.array([np.mean([_ref_pck(e[i:i + 1], t)[0] for t in range(0, 151, 5)]) for i in range(10)])

@@ -73,7 +73,7 @@ def test_forward_shapes_dtypes_and_decoding():
         assert out[k].dtype == torch.float32 and torch.isfinite(out[k]).all(), k
     assert torch.allclose(out["heatmaps"].sum(dim=(2, 3)), torch.ones(2, J))
     assert ((out["uv"] >= 1.5) & (out["uv"] <= S - 2.5)).all()  # convex combination of the cell centres
-    # xyz follow from uvd, scale, K (DESIGN §3.7), and R^T when R is given
+    # xyz follow from uvd, scale, K (docs/design.md §4.7), and R^T when R is given
     xyz_orig, xyz_crop = joints_from_uvd(out["uvd"], out["scale"], _K(2), R)
     assert torch.allclose(out["xyz_crop"], xyz_crop) and torch.allclose(out["xyz_orig"], xyz_orig)
     assert "xyz_orig" not in model(_images(2), _K(2))
@@ -92,7 +92,7 @@ def test_every_parameter_gets_a_gradient():
 
 
 def test_ddp_without_find_unused_parameters(tmp_path):
-    """DDP raises on the 2nd step when a parameter took no part in the 1st (platform-notes)."""
+    """DDP raises on the 2nd step when a parameter took no part in the 1st (find_unused_parameters off)."""
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:

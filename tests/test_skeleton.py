@@ -78,12 +78,6 @@ def test_3dhp_28_to_17_map_is_consistent_with_names():
     assert s17.root == 14 and s17.eval_subsets["pck14"] == tuple(range(14))
 
 
-def test_smpl24_3dpw12_subset_is_limbs():
-    sk = get_skeleton("smpl24")
-    names = {sk.joint_names[i] for i in sk.eval_subsets["3dpw12"]}
-    assert names == {f"{s}_{j}" for s in "lr" for j in ("hip", "knee", "ankle", "shoulder", "elbow", "wrist")}
-
-
 def test_h36m17_names_match_fixture(fixtures_dir):
     data = json.loads((fixtures_dir / "h36m" / "labels.json").read_text())
     names = tuple(n.replace("right_", "r_").replace("left_", "l_") for n in data["joint_names"])

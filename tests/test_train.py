@@ -230,3 +230,23 @@ def test_resume_refuses_what_would_break_exactness(shards, tmp_path):
     _one_line_error(_cli(["--out", run, "--resume", "--set", "seed=9"]), "seed")
     torch.save({"step": 1}, run / "last.pt")                       # not a perspose checkpoint
     _one_line_error(_cli(["--out", run, "--resume"]), "last.pt", "not a perspose checkpoint")
+
+
+def test_a_nonfinite_validation_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch):
+    import trainer.train as T
+    from trainer.evaluate import NonFinitePrediction
+
+    cfg = tiny_config(shards, max_steps=5)
+    raw, _ = build(cfg, CPU)
+    name = next(k for k, _ in raw.named_parameters() if k.startswith("depth_head") and k.endswith("weight"))
+    with torch.no_grad():
+        dict(raw.named_parameters())[name].view(-1)[0] = float("nan")
+    with pytest.raises(NonFinitePrediction, match="not finite"):           # names the shard, key and joint
+        T.validate(raw, cfg, CPU, resolve_data(cfg)[1])
+
+    def nan_validation(*a, **k):
+        raise NonFinitePrediction("val-000000.tar: sample k: the prediction is not finite (joint x = nan)")
+    monkeypatch.setattr(T, "validate", nan_validation)
+    with pytest.raises(FloatingPointError, match=r"^step 5: validation: val-000000.tar: sample k"):
+        fit(cfg, tmp_path / "run", CPU, progress=False)
+    assert not (tmp_path / "run" / "best.pt").exists()                     # never a NaN "best"

@@ -1,4 +1,4 @@
-"""Exact train-time augmentation of a stored shard crop (DESIGN §3, last paragraph; method-reference §2).
+"""Exact train-time augmentation of a stored shard crop (docs/design.md §4, last paragraph; the reference recipe: §11).
 
 A shard stores an S_store x S_store crop (context around the person) with intrinsics K_store. The final S x S
 crop is ONE resampling with the homography

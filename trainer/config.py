@@ -1,4 +1,4 @@
-"""The training configuration: frozen dataclasses whose defaults are the paper's recipe (DESIGN §7-8).
+"""The training configuration: frozen dataclasses whose defaults are the paper's recipe (docs/design.md §8, §11).
 
 Sections: ``model`` (:class:`trainer.model.ModelConfig`), ``augment`` (:class:`trainer.augment.AugmentConfig`),
 ``data`` (shard sources and loader options, below), ``optim``, ``loss`` (:class:`trainer.losses.LossConfig`), and

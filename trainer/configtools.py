@@ -1,6 +1,6 @@
 """Typed construction of frozen dataclass configs from plain dicts (YAML) and ``a.b=v`` overrides.
 
-The rules (DESIGN §8): defaults live in the dataclasses; a YAML file or ``--set`` override may only name existing
+The rules (docs/design.md §8): defaults live in the dataclasses; a YAML file or ``--set`` override may only name existing
 fields (an unknown key is an :class:`InputError` naming the full dotted key) and every value must fit the field's
 annotated type (``int``, ``float`` (ints accepted), ``bool``, ``str``, ``tuple[X, ...]``, ``tuple[X, Y]``,
 ``X | None``, ``Literal[...]`` and nested dataclasses). The reverse, :func:`config_to_dict`, gives plain

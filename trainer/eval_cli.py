@@ -84,10 +84,12 @@ def _init_distributed(device: str):
 @click.option("--flip-test/--no-flip-test", default=True, show_default=True,
               help="Average with the prediction on the mirrored crop.")
 @click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--skip-nonfinite", is_flag=True,
+              help="Leave out (and list) samples whose prediction has a NaN or inf, instead of stopping.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, workers, device, flip_test, amp, progress,
-         verbose):
+def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, workers, device, flip_test, amp,
+         skip_nonfinite, progress, verbose):
     """Evaluate a PersPose checkpoint on held-out shards (metrics in mm, original camera frame).
 
     MORE_SHARDS: further shard specs, like --shards."""
@@ -123,7 +125,7 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
     t0 = time.perf_counter()
     try:
         res = evaluate(predict, shards, batch_size=batch_size, crop_size=cfg.crop_size, skeletons=cfg.skeletons,
-                       progress=progress, total=shards.num_samples, workers=workers)
+                       progress=progress, total=shards.num_samples, workers=workers, skip_nonfinite=skip_nonfinite)
     finally:
         if ddp:
             torch.distributed.destroy_process_group()
@@ -131,9 +133,10 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
     if rank != 0:
         return
     rec = res["records"]
-    if not rec:
+    if not rec and not res["nonfinite"]:   # (all left out as non-finite: still a report that says so)
         raise InputError(f"{', '.join(map(str, paths))}: no 3D samples to evaluate "
-                         f"({res['counts']['skipped_2d_only']} 2D-only samples skipped)")
+                         f"({res['counts']['skipped_2d_only']} 2D-only samples skipped, "
+                         f"{res['counts']['skipped_nonfinite']} with a non-finite prediction)")
     from .report import summarize
 
     summary = summarize(rec)
@@ -143,12 +146,12 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
         "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path), "step": ck.get("step")},
         "model_config": dataclasses.asdict(cfg),
         "shards": [{"path": str(Path(u).resolve()), "sha256": sha256_file(u)} for u in shards.urls],
-        "options": {"flip_test": flip_test, "batch_size": batch_size, "workers": workers, "device": device, "amp": amp_dtype is not None,
+        "options": {"flip_test": flip_test, "skip_nonfinite": skip_nonfinite, "batch_size": batch_size, "workers": workers, "device": device, "amp": amp_dtype is not None,
                     "world_size": torch.distributed.get_world_size() if ddp else 1},
         "frame": "original camera (R^T applied); metrics in mm, PCK/AUC in %",
         "protocols": {p.name: p.as_dict() for p in sorted({protocol_for(s) for s in set(rec["skeleton"])},
                                                           key=lambda p: p.name)},
-        "counts": res["counts"], "seconds": round(seconds, 3),
+        "counts": res["counts"], "nonfinite": res["nonfinite"], "seconds": round(seconds, 3),
         "samples_per_second": round(res["counts"]["evaluated"] / max(seconds, 1e-9), 2),
         "versions": software_versions(("torch", "numpy", "cv2", "simplejpeg")), "metrics": summary,
     }
@@ -156,6 +159,8 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
     print_table(TABLE_HEADERS, table_rows(summary["datasets"]), title=f"perspose-eval: {ckpt_path.name}")
     print_table(REFERENCE_HEADERS, reference_table_rows(summary["references"]),
                 title="reference: a model that learned nothing (same samples)")
+    if res["nonfinite"]:
+        click.echo(f"left out {len(res['nonfinite'])} sample(s) with a non-finite prediction (listed in report.md)")
     click.echo(f"{res['counts']['evaluated']} samples in {seconds:.1f} s; wrote {', '.join(f.name for f in files)} "
                f"to {out_dir}")
 

@@ -1,4 +1,4 @@
-"""Held-out evaluation in the ORIGINAL camera frame (DESIGN §3.7, §7).
+"""Held-out evaluation in the ORIGINAL camera frame (docs/design.md §4.7, §9).
 
 Flow: the held-out stream of :mod:`trainer.shards` (ordered, finite, no augmentation; the model's S crop) ->
 ``predict_fn(batch) -> {"uvd", "scale"}`` (the model with flip test, or a stub in tests) -> joints in the crop
@@ -13,8 +13,13 @@ Protocols (:func:`protocol_for`) are chosen by the sample's skeleton:
   the 14 joints ``eval_subsets["pck14"]`` (head-top, neck, shoulders, elbows, wrists, hips, knees, ankles);
   root = pelvis (joint 14).
 * ``mpi_inf_3dhp28`` -> "3dhp28to17": the 17 test joints picked by ``eval_subsets["to_17"]``, as above.
-* ``smpl24`` (synthetic data, 3DPW without a body model) -> "smpl24": all 24 joints, root = pelvis.
-* any other 3D skeleton -> "all": all joints at the skeleton's root. 2D-only samples are skipped and counted.
+* ``smpl24`` (synthetic data, 3DPW without a body model) -> "smpl24": MPJPE, PA-MPJPE and depth error over all 24
+  joints, root = pelvis; PCK@150 and AUC over the 23 non-root joints.
+* any other 3D skeleton -> "all": all joints at the skeleton's root, PCK/AUC without the root. 2D-only samples
+  are skipped and counted.
+
+PCK and AUC are strict (error < threshold) and never count a joint whose error is zero by construction;
+docs/metrics.md has the table of every protocol and the published code each one matches.
 
 Visibility flags do not mask 3D joints (the benchmarks score every joint of every valid frame). The depth error
 compares d = z' - z'_root in the crop (rotated) camera, the network's own output, as in the paper's Table 2.
@@ -39,10 +44,14 @@ from .shards import as_shard_sets, heldout_stream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Protocol", "protocol_for", "iter_batches", "evaluate", "model_predict_fn", "action_of", "H36M_ACTIONS",
+__all__ = ["Protocol", "protocol_for", "iter_batches", "evaluate", "nonfinite_samples", "NonFinitePrediction", "model_predict_fn", "action_of", "H36M_ACTIONS",
            "SCALAR_METRICS"]
 
 PredictFn = Callable[[dict], dict]
+
+
+class NonFinitePrediction(InputError):
+    """A model predicted NaN or inf for a sample (the message names the shard, the key and the joint)."""
 SCALAR_METRICS = ("mpjpe", "pa_mpjpe", "pck150", "auc", "depth_err", "root_err")
 H36M_ACTIONS = ("Directions", "Discussion", "Eating", "Greeting", "Phoning", "Posing", "Purchases", "Sitting",
                 "SittingDown", "Smoking", "Photo", "Waiting", "Walking", "WalkDog", "WalkTogether")  # act 2..16
@@ -80,9 +89,10 @@ def protocol_for(skeleton: str) -> Protocol:
         return Protocol("3dhp28to17", skeleton, sk.root, j, j[:14],
                         "the 17 test joints of the 28 (to_17); PCK/AUC over their first 14; root pelvis")
     j = tuple(range(sk.num_joints))
+    pck = tuple(i for i in j if i != sk.root)   # the root's error is zero by construction: never counted
     name = "smpl24" if skeleton == "smpl24" else "all"
-    return Protocol(name, skeleton, sk.root, j, j, f"all {sk.num_joints} {skeleton} joints, root-aligned at "
-                    f"{sk.joint_names[sk.root]}")
+    return Protocol(name, skeleton, sk.root, j, pck, f"MPJPE/PA/depth over all {sk.num_joints} {skeleton} joints, "
+                    f"root-aligned at {sk.joint_names[sk.root]}; PCK@150/AUC over the {len(pck)} others")
 
 
 def action_of(meta: dict) -> str:
@@ -112,7 +122,34 @@ def _collate(items: list[dict]) -> dict:
             "pr_angle": np.array([it["pr_angle"] for it in items]),
             "has_intrinsics": np.array([it["has_intrinsics"] for it in items]),
             "meta": [it["meta"] for it in items], "skeleton": items[0]["meta"]["skeleton"],
-            "crop_size": items[0]["crop_size"]}
+            "crop_size": items[0]["crop_size"], "shard": [it["shard"] for it in items],
+            "key": [it["key"] for it in items]}
+
+
+def _take(batch: dict, keep: list[int]) -> dict:
+    """The samples ``keep`` of a collated batch."""
+    return {k: (v[keep] if isinstance(v, np.ndarray) else [v[i] for i in keep] if isinstance(v, list) else v)
+            for k, v in batch.items()}
+
+
+def nonfinite_samples(batch: dict, out: dict) -> list[dict]:
+    """The samples of a batch whose prediction has a NaN or inf: [{sample_id, shard, key, joint, value}] with the
+    first non-finite joint (by name; "scale" when only the scale is)."""
+    uvd = torch.as_tensor(out["uvd"]).detach().to("cpu", torch.float64).numpy()
+    scale = torch.as_tensor(out["scale"]).detach().to("cpu", torch.float64).reshape(-1).numpy()
+    bad_joint = ~np.isfinite(uvd).all(axis=-1)                       # (B, J)
+    bad = bad_joint.any(axis=-1) | ~np.isfinite(scale)
+    names = get_skeleton(batch["skeleton"]).joint_names
+    found = []
+    for i in np.flatnonzero(bad):
+        if bad_joint[i].any():
+            j = int(np.argmax(bad_joint[i]))
+            joint, value = names[j], uvd[i, j].tolist()
+        else:
+            joint, value = "scale", float(scale[i])
+        found.append({"sample_id": batch["meta"][i]["sample_id"], "shard": batch["shard"][i], "key": batch["key"][i],
+                      "joint": joint, "value": str(value)})
+    return found
 
 
 def iter_batches(prepared: Iterable[dict], batch_size: int) -> Iterator[dict]:
@@ -191,7 +228,7 @@ def _dist_info() -> tuple[int, int]:
 
 def evaluate(predict_fn: PredictFn, shards, batch_size: int = 64, crop_size: int | None = None,
              skeletons: Iterable[str] | None = None, progress: bool = True, total: int | None = None,
-             workers: int = 0, max_samples: int = 0) -> dict:
+             workers: int = 0, max_samples: int = 0, skip_nonfinite: bool = False) -> dict:
     """Run ``predict_fn`` over every 3D sample of ``shards`` (shard specs, a :class:`trainer.shards.ShardSet` or
     a list of them) and return per-sample records (sorted by sample_id) plus counts. The samples come from the
     held-out stream (:mod:`trainer.shards`), the one that training's validation reads too. Under
@@ -203,13 +240,17 @@ def evaluate(predict_fn: PredictFn, shards, batch_size: int = 64, crop_size: int
     skeleton (one per batch), crop_size, meta, plus the labels (uvd, scale, joints_rot; for tests only), and must
     return {"uvd": (B, J_skeleton, 3) in S-crop pixels / metres, "scale": (B,) metres per pixel}.
     ``crop_size`` / ``skeletons``: what the model takes; shards that cannot serve it are an InputError.
+    A prediction with a NaN or inf is an InputError naming the shard, the sample key and the first non-finite
+    joint, unless ``skip_nonfinite``: then such samples are left out of every metric and listed under
+    ``nonfinite`` (counted in ``counts["skipped_nonfinite"]``).
     """
     from tqdm import tqdm
 
     rank, world = _dist_info()
     sets = as_shard_sets(shards, crop_size, skeletons)
     urls = [u for s in sets for u in s.urls]
-    counts = {"samples": 0, "evaluated": 0, "skipped_2d_only": 0}
+    counts = {"samples": 0, "evaluated": 0, "skipped_2d_only": 0, "skipped_nonfinite": 0}
+    nonfinite: list[dict] = []
     limit = -(-max_samples // world) if max_samples > 0 else None
     parts = []
     stream = heldout_stream(urls, crop_size, None if skeletons is None else tuple(skeletons), rank, world, workers)
@@ -234,6 +275,20 @@ def evaluate(predict_fn: PredictFn, shards, batch_size: int = 64, crop_size: int
             for batch in iter_batches(prepared(), batch_size):
                 with torch.inference_mode():
                     out = predict_fn(batch)
+                bad = nonfinite_samples(batch, out)
+                if bad and not skip_nonfinite:
+                    b = bad[0]
+                    raise NonFinitePrediction(f"{b['shard']}: sample {b['key']}: the prediction is not finite (joint "
+                                     f"{b['joint']} = {b['value']}); pass --skip-nonfinite to leave such samples out")
+                if bad:
+                    nonfinite += bad
+                    counts["skipped_nonfinite"] += len(bad)
+                    gone = {b["sample_id"] for b in bad}
+                    keep = [i for i, m in enumerate(batch["meta"]) if m["sample_id"] not in gone]
+                    if not keep:
+                        continue
+                    batch = _take(batch, keep)
+                    out = {"uvd": torch.as_tensor(out["uvd"])[keep], "scale": torch.as_tensor(out["scale"])[keep]}
                 parts.append(_batch_records(batch, out))
                 counts["evaluated"] += len(batch["meta"])
         except (InputError, ValueError) as e:
@@ -242,15 +297,18 @@ def evaluate(predict_fn: PredictFn, shards, batch_size: int = 64, crop_size: int
             error = e  # still reach the collective below, so the other ranks do not hang
     if world > 1:
         gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, (parts, counts, None if error is None else str(error)))
+        torch.distributed.all_gather_object(gathered, (parts, counts, None if error is None else str(error),
+                                                       nonfinite))
         if error is not None:
             raise error
-        remote = [(r, msg) for r, (_, _, msg) in enumerate(gathered) if msg]
+        remote = [(r, g[2]) for r, g in enumerate(gathered) if g[2]]
         if remote:
             raise InputError(f"rank {remote[0][0]}: {remote[0][1]}")
-        parts = [p for ps, _, _ in gathered for p in ps]
-        counts = {k: sum(c[k] for _, c, _ in gathered) for k in counts}
-    return {"records": _merge(parts), "counts": counts}
+        parts = [p for g in gathered for p in g[0]]
+        counts = {k: sum(g[1][k] for g in gathered) for k in counts}
+        nonfinite = [b for g in gathered for b in g[3]]
+    return {"records": _merge(parts), "counts": counts,
+            "nonfinite": sorted(nonfinite, key=lambda b: b["sample_id"])}
 
 
 # ------------------------------------------------------------------------------------------- model

@@ -1,12 +1,12 @@
 """Training losses: the paper's Eq. 18 (L1 on UVD with weight 1.0, L1 on s-hat with weight 0.5), masked per joint.
 
-Each sample supervises only its own skeleton's slice of the concatenated joint set (DESIGN §4); the batch marks it
+Each sample supervises only its own skeleton's slice of the concatenated joint set (docs/design.md §5); the batch marks it
 with per-joint masks: ``mask_uv`` (B, J) for the 2D position and ``mask_d`` (B, J) for the relative depth, and
 ``has_3d`` (B,) for the scale. 2D-only samples (COCO) have ``mask_d`` all false and ``has_3d`` false, so they
 supervise uv only.
 
 Units (scale-balanced, independent of the crop size S). The paper writes a plain L1 sum; its official code
-(method-reference §5) measures uv in pixels of the 256 crop, depth in centimetres and the scale in millimetres
+(docs/design.md §11) measures uv in pixels of the 256 crop, depth in centimetres and the scale in millimetres
 per 256-crop pixel. We keep those units so the paper's weights keep their meaning at any S:
 
 * uv:    ``|du| + |dv|`` (the L1 norm of the 2D error) in *reference pixels* = pixels * 256 / S;

@@ -7,9 +7,14 @@ Conventions, fixed here once:
 * PA-MPJPE fits, per sample, the similarity transform (scale, proper rotation, translation) that best maps the
   prediction onto the ground truth in the least-squares sense (Umeyama / Kabsch with the reflection fix: a
   mirrored pose is NOT aligned by a reflection, so it keeps a non-zero error).
-* PCK counts a joint as correct when its error is ``<= threshold`` (an error of exactly 150 mm is correct at
-  PCK@150); AUC is the mean PCK over the thresholds 0, 5, ..., 150 mm (31 values, the MPI-INF-3DHP protocol), so
-  all-zero errors give AUC = 1. PCK and AUC are fractions in [0, 1] here; reports print percentages.
+* PCK counts a joint as correct when its error is strictly below the threshold (``error < threshold``, as the
+  MPI-INF-3DHP MATLAB evaluation, mmpose and HybrIK do: an error of exactly 150 mm misses PCK@150); AUC is the
+  mean PCK over the thresholds 0, 5, ..., 150 mm (31 values), so a perfect prediction scores 30/31 (nothing is
+  below 0 mm). PCK and AUC are fractions in [0, 1] here; reports print percentages. Which joints each protocol
+  counts is :func:`trainer.evaluate.protocol_for`'s business (never a joint whose error is zero by construction,
+  such as the alignment root): docs/metrics.md.
+* Non-finite inputs never raise: a sample with a NaN or inf joint gets NaN from every per-sample function
+  (the evaluator refuses or skips such samples before it aggregates).
 * Per-sample functions return ``(N,)`` (or ``(N, J)``) arrays; aggregation (means over samples, groups) is the
   caller's business, so every breakdown weighs samples equally.
 """
@@ -58,6 +63,12 @@ def procrustes_align(pred, gt) -> np.ndarray:
     spread (|X| = 0) maps to the ground-truth centroid.
     """
     p, g = as_f64(pred), as_f64(gt)
+    finite = np.isfinite(p).all(axis=(-1, -2)) & np.isfinite(g).all(axis=(-1, -2))
+    if not finite.all():  # LAPACK's SVD does not converge on NaN: align the finite samples only
+        out = np.full(np.broadcast_shapes(p.shape, g.shape), np.nan)
+        if finite.any():
+            out[finite] = procrustes_align(p[finite], g[finite])
+        return out
     mp, mg = p.mean(axis=-2, keepdims=True), g.mean(axis=-2, keepdims=True)
     X, Y = p - mp, g - mg
     U, S, Vt = np.linalg.svd(np.swapaxes(X, -1, -2) @ Y)  # (N, 3, 3): X^T Y = U diag(S) Vt
@@ -81,15 +92,18 @@ def pa_mpjpe(pred, gt, joints=None) -> np.ndarray:
 
 
 def pck(errors, threshold: float = PCK_THRESHOLD_MM) -> np.ndarray:
-    """Fraction of joints with error <= threshold, per sample: errors (N, J) -> (N,)."""
-    return (as_f64(errors) <= threshold).mean(axis=-1)
+    """Fraction of joints with error < threshold (strict), per sample: errors (N, J) -> (N,); NaN for a sample
+    with a non-finite error."""
+    e = as_f64(errors)
+    return np.where(np.isfinite(e).all(axis=-1), (e < threshold).mean(axis=-1), np.nan)
 
 
 def auc(errors, thresholds=AUC_THRESHOLDS_MM) -> np.ndarray:
     """Area under the PCK curve: mean over ``thresholds`` of :func:`pck`, per sample: (N, J) -> (N,)."""
     e = as_f64(errors)
     t = as_f64(thresholds)
-    return (e[..., None, :] <= t[:, None]).mean(axis=-1).mean(axis=-1)
+    area = (e[..., None, :] < t[:, None]).mean(axis=-1).mean(axis=-1)
+    return np.where(np.isfinite(e).all(axis=-1), area, np.nan)
 
 
 def depth_error(pred, gt, root: int, joints=None) -> np.ndarray:

@@ -1,6 +1,6 @@
 """PersPose model: HRNet backbone + Perspective Encoding (PE) + heatmap / relative-depth / scale heads.
 
-Interface (the trainer and the evaluator code against this; see also /work/notes/MODEL_API.md)::
+Interface (the trainer and the evaluator code against this)::
 
     cfg = ModelConfig()                      # paper defaults: HRNet-W48, S = 256, PE on, 4 skeletons (J = 75)
     model = build_model(cfg)
@@ -12,14 +12,14 @@ Inputs: ``images`` uint8 RGB (B,3,S,S) or (B,S,S,3) -- normalised inside with Im
 PR rotation (P' = R P), optional.
 
 Output dict (heads and decoding run in float32 outside autocast):
-- ``uv`` (B,J,2): soft-argmax in pixels of the S crop; heatmap cell (i, j) <-> pixel (4j+1.5, 4i+1.5) (DESIGN §2).
+- ``uv`` (B,J,2): soft-argmax in pixels of the S crop; heatmap cell (i, j) <-> pixel (4j+1.5, 4i+1.5) (docs/design.md §2).
 - ``d`` (B,J): relative depth z'_j - z'_root in metres, d = 2.2 (sigmoid - 0.5) (reference bounds, +-1.1 m), exactly
   0 at the root of every 3D skeleton slice (coco17 has no root: its d is unconstrained and not meant to be used).
 - ``uvd`` (B,J,3) = cat(uv, d).
 - ``scale`` (B,): s-hat = z'_root / f_crop, metres per pixel OF THE S CROP THE MODEL SEES. The reference predicts
   rho0 = 0.007 exp(3 (sigmoid - 0.5)) m/px for 256-px crops; s-hat scales with 1/f_crop, i.e. with 1/S for the same
   framing, so here s-hat = 0.007 (256/S) exp(3 (sigmoid - 0.5)) -- the reference bounds scaled by 256/S.
-- ``xyz_crop`` (B,J,3): joints in the crop camera (trainer.geometry_torch.joints_from_uvd, DESIGN §3.7); float64
+- ``xyz_crop`` (B,J,3): joints in the crop camera (trainer.geometry_torch.joints_from_uvd, docs/design.md §4.7); float64
   when K_crop is float64. Samples without a valid K_crop (fx <= 0) are decoded with a nominal K (f = S, centre
   (S-1)/2) so that no NaN appears; their xyz is meaningless.
 - ``xyz_orig`` (B,J,3): only when R is given: R^T applied (the original camera).

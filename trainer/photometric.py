@@ -1,4 +1,4 @@
-"""Photometric augmentations and cutout on uint8 RGB crops (method-reference §2.3 and §2.1).
+"""Photometric augmentations and cutout on uint8 RGB crops (the reference chain: docs/design.md §11).
 
 Every function takes an (H, W, 3) uint8 RGB image and a seeded ``np.random.Generator`` and returns a new uint8
 image of the same shape; the input is never modified. The reference's parameters are kept; per-pixel affine maps

@@ -121,7 +121,8 @@ def as_shard_sets(shards, crop_size: int | None = None, skeletons=None) -> list[
 def heldout_record(sample: dict, crop_size: int | None = None) -> dict:
     """Decoded shard sample -> the model's S crop (the crop-size rule; S = the build's crop when None) and its
     labels in float64: image (S, S, 3) uint8 RGB, K_crop, R, uvd (own skeleton, S-crop pixels / metres), scale,
-    joints_rot (P' in the crop camera), pr_angle, has_intrinsics, meta, crop_size."""
+    joints_rot (P' in the crop camera), pr_angle, has_intrinsics, meta, crop_size, shard and key (where it was
+    read, for error messages)."""
     meta, a = sample["meta"], sample["arrays"]
     S = int(meta["crop_size"]) if crop_size is None else int(crop_size)
     if sample["image"].shape[:2] != (int(meta["store_size"]),) * 2:
@@ -132,7 +133,7 @@ def heldout_record(sample: dict, crop_size: int | None = None) -> dict:
     return {"image": np.ascontiguousarray(out["image"]), "K_crop": out["K_crop"], "R": out["R"],
             "uvd": out["uvd"], "scale": float(out["scale"]), "joints_rot": out["joints"],
             "pr_angle": float(a["pr_angle"]), "has_intrinsics": bool(meta["has_intrinsics"]), "meta": meta,
-            "crop_size": S}
+            "crop_size": S, "shard": str(sample.get("shard", "")), "key": str(sample.get("key", ""))}
 
 
 def _decoded(path: str, members: dict) -> dict:

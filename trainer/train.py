@@ -35,7 +35,7 @@ from trainer.checkpoint import load_checkpoint, model_state_dict, rng_state, sav
 from trainer.config import TrainConfig, config_to_dict, dump_yaml
 from trainer.data import LoaderConfig, make_train_loader
 from trainer.ema import ema_decay_at, make_ema, update_ema
-from trainer.evaluate import evaluate, model_predict_fn
+from trainer.evaluate import NonFinitePrediction, evaluate, model_predict_fn
 from trainer.logging_utils import RunLogger, plot_loss_curve
 from trainer.losses import pose_losses
 from trainer.model import build_model, load_pose_hrnet_weights, normalize_images
@@ -342,7 +342,10 @@ def fit(cfg: TrainConfig, run_dir, dist: Dist, resume: bool = False, progress: b
         n_epochs = math.ceil(step / steps_per_epoch)
         if val_sets and cfg.val_every_epochs and (step % steps_per_epoch == 0 or step == total) \
                 and (n_epochs % cfg.val_every_epochs == 0 or step == total):
-            val = validate(ema if ema is not None else raw, cfg, dist, val_sets)
+            try:
+                val = validate(ema if ema is not None else raw, cfg, dist, val_sets)
+            except NonFinitePrediction as e:  # a diverged model: stop, do not keep training on a NaN "best"
+                raise FloatingPointError(f"step {step}: validation: {e}") from None
             if logger:
                 logger.log(step, {"val/mpjpe_mm": val})
             log.info("step %d: validation MPJPE %.1f mm (best before: %.1f)", step, val, best)
