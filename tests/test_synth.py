@@ -265,9 +265,23 @@ def test_cli_help_and_bad_options(tmp_path):
     res = _run(["--help"])
     assert res.exit_code == 0 and "--fov-range" in res.output and "--image-size" in res.output
     for bad, word in ((["--fov-range", "100", "50"], "fov-range"), (["-n", "0"], "-n"),
-                      (["--image-size", "10", "10"], "image-size")):
+                      (["--image-size", "10", "10"], "image-size"), (["--image-scale", "0.1"], "image-scale"),
+                      (["--image-scale", "0"], "image-scale")):
         args = ["--out", str(tmp_path / "x"), "-n", "3", *bad]
         res = _run(args)
         assert res.exit_code == 2, res.output
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error:") and word in lines[0], res.output
+
+
+def test_image_scale_scales_every_default_size_and_keeps_the_default_bytes(tmp_path):
+    from pipeline.synth import DEFAULT_IMAGE_SIZES
+    from pipeline.synth_cli import make_config
+    assert make_config(3, (30, 120), None, 0.2, 50).image_sizes == DEFAULT_IMAGE_SIZES   # scale 1: unchanged
+    half = make_config(3, (30, 120), None, 0.2, 50, image_scale=0.5).image_sizes
+    assert half == tuple((w // 2, h // 2) for w, h in DEFAULT_IMAGE_SIZES)
+    res = _run(["--out", str(tmp_path / "h"), "-n", "4", "--seed", "1", "--image-scale", "0.5", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    import pyarrow.parquet as pq
+    sizes = {(r["image_w"], r["image_h"]) for r in pq.read_table(tmp_path / "h" / "manifest.parquet").to_pylist()}
+    assert sizes and sizes <= set(half)
