@@ -41,7 +41,7 @@ from .shard import FORMAT_VERSION, BuildOptions, Rejected, encode_sample, load_i
 log = logging.getLogger(__name__)
 
 __all__ = ["ShardTask", "BuildConfig", "BuildResult", "load_rows", "plan_shards", "build_shard", "build_shards",
-           "MALLOC_ENV", "INDEX_SCHEMA", "REJECTED_SCHEMA", "BACKENDS"]   # ShardTask, load_rows, plan_shards: the plan's
+           "MALLOC_ENV", "INDEX_SCHEMA", "REJECTED_SCHEMA", "BACKENDS"]   # (ShardTask..plan_shards: build_plan's)
 
 BACKENDS = ("loky", "threading", "dask", "ray")
 # glibc: with both set, decoding large JPEGs is nearly twice as fast (platform notes); one alone does nothing

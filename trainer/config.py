@@ -104,6 +104,7 @@ class TrainConfig:
                                             # process may use minus the loader workers (at least 1): a loader
                                             # worker competing with torch's threads stalls every parallel op
     pretrained: str = ""                    # pose_hrnet_w48_256x192.pth for the backbone ("" = from scratch)
+    init: str = ""                          # a perspose checkpoint for the whole model (perspose-train --init)
     checkpoint_every_steps: int = 2000      # also at every epoch end; the data stream restarts at these points
     log_every_steps: int = 20
     val_every_epochs: int = 1               # 0: no validation
@@ -143,9 +144,13 @@ def config_from_dict(data: dict) -> TrainConfig:
     return from_dict(TrainConfig, data)
 
 
-def load_config(config=None, overrides=(), data_section: dict | None = None) -> TrainConfig:
-    """defaults <- YAML file ``config`` <- ``data_section`` (recipe / --train / --val) <- ``overrides`` ('a.b=v')."""
+def load_config(config=None, overrides=(), data_section: dict | None = None,
+                model_section: dict | None = None) -> TrainConfig:
+    """defaults <- YAML file ``config`` <- ``data_section`` (recipe / --train / --val) and ``model_section`` (an
+    --init checkpoint's, replacing the file's) <- ``overrides`` ('a.b=v')."""
     data = read_yaml(preset_path(config)) if config else {}
+    if model_section is not None:
+        data = {**data, "model": dict(model_section)}
     if data_section:
         section = data.get("data", {})
         if not isinstance(section, dict):

@@ -44,7 +44,8 @@ from .shards import as_shard_sets, heldout_stream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Protocol", "protocol_for", "iter_batches", "evaluate", "nonfinite_samples", "NonFinitePrediction", "model_predict_fn", "action_of", "H36M_ACTIONS",
+__all__ = ["Protocol", "protocol_for", "iter_batches", "evaluate", "nonfinite_samples", "NonFinitePrediction",
+           "model_predict_fn", "action_of", "H36M_ACTIONS",
            "SCALAR_METRICS"]
 
 PredictFn = Callable[[dict], dict]

@@ -289,11 +289,16 @@ def load_pose_hrnet_weights(model: nn.Module, path) -> LoadReport:
     except Exception as e:  # corrupt file, pickle with non-tensor objects, ...
         first = (str(e).strip().splitlines() or [""])[0]
         raise InputError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {first})") from None
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model"):   # MSRA / timm-style, and the official PersPose trainer's
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path}: not a state dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if "hm_layer.weight" in state and "backbone.conv1.weight" in state:
+        raise InputError(f"{path}: this is an official PersPose checkpoint, not MSRA pose_hrnet weights; convert it "
+                         f"(perspose-convert official {path.name} --out OURS.pt) and start from it with --init OURS.pt")
 
     own = backbone.state_dict()
     selected, unexpected, ignored = {}, [], []
@@ -308,6 +313,12 @@ def load_pose_hrnet_weights(model: nn.Module, path) -> LoadReport:
         else:
             selected[key] = value
     missing = sorted(k for k in own if k not in selected and not k.endswith("num_batches_tracked"))
+    counted = [k for k in own if not k.endswith("num_batches_tracked")]
+    if len(selected) < 0.9 * len(counted):   # a wrong file must not silently leave a random backbone
+        layout = ("keys under 'backbone.'" if any(k.startswith("backbone.") for k in state) else
+                  f"keys such as {next(iter(state))!r}")
+        raise InputError(f"{path}: only {len(selected)} of the backbone's {len(counted)} tensors load (it has "
+                         f"{layout}); expected MSRA pose_hrnet_w{backbone.width} keys conv1.*, layer1.*, stage2-4.*")
     backbone.load_state_dict(selected, strict=False)
     log.info("loaded %d backbone tensors from %s (%d ignored, e.g. final_layer)", len(selected), path, len(ignored))
     if missing:

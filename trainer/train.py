@@ -138,6 +138,13 @@ def build(cfg: TrainConfig, dist: Dist):
     raw = build_model(cfg.model)
     if cfg.pretrained:
         load_pose_hrnet_weights(raw, cfg.pretrained)
+    if cfg.init:  # the whole model, e.g. a converted official checkpoint
+        ck = load_checkpoint(cfg.init, require=("model", "config"))
+        try:
+            raw.load_state_dict(ck["model"], strict=True)
+        except RuntimeError as e:
+            raise InputError(f"{cfg.init}: its weights do not fit this run's model config "
+                             f"({str(e).splitlines()[0][:200]})") from None
     cuda = dist.device.type == "cuda"
     raw = raw.to(dist.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     model = raw

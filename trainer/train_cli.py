@@ -43,8 +43,18 @@ def recipe_data_section(path) -> dict:
     return out
 
 
-def resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_dir: Path, resume: bool):
-    """The run's TrainConfig: from the checkpoint on --resume (plus --set), else preset <- data <- --set."""
+def init_model_section(path) -> dict:
+    """The ``model`` section of a perspose checkpoint given to --init (e.g. a converted official one)."""
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(path, require=("model", "config"))["config"]["model"]
+
+
+def resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_dir: Path, resume: bool,
+                   init: Path | None = None):
+    """The run's TrainConfig: from the checkpoint on --resume (plus --set), else preset <- data <- --set; with
+    --init the model section is the init checkpoint's (``--set model.*`` may still change what fits the weights,
+    e.g. nothing; anything else is refused when the weights load)."""
     from .checkpoint import load_checkpoint
     from .config import config_from_dict, load_config
     from .configtools import apply_overrides, config_to_dict
@@ -72,7 +82,9 @@ def resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_d
         data["train"] = [{"name": "train", "paths": _abs(train_paths), "ratio": 1.0}]
     if val_paths:
         data["val"] = _abs(val_paths)
-    cfg = load_config(config_path, overrides, data)
+    if init is not None:
+        overrides = [f"init={Path(init).resolve()}", *overrides]
+    cfg = load_config(config_path, overrides, data, model_section=init_model_section(init) if init else None)
     if not cfg.data.train:
         raise InputError("no training data: give --recipe FILE or --train DIR (or data.train in the config)")
     return cfg
@@ -88,9 +100,12 @@ def resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_d
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set optim.lr=1e-3 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--init", "init", type=click.Path(path_type=Path), default=None,
+              help="Start from the whole model of a perspose checkpoint (e.g. from perspose-convert official); "
+                   "the run takes its model config.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(config_path, recipe, train_paths, val_paths, run_dir, overrides, resume, progress, verbose):
+def main(config_path, recipe, train_paths, val_paths, run_dir, overrides, resume, init, progress, verbose):
     """Train PersPose (HRNet + Perspective Encoding) on webdataset shards."""
     from .logging_utils import is_primary
 
@@ -100,7 +115,7 @@ def main(config_path, recipe, train_paths, val_paths, run_dir, overrides, resume
 
     from .train import train
 
-    cfg = resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_dir, resume)
+    cfg = resolve_config(config_path, recipe, train_paths, val_paths, overrides, run_dir, resume, init)
     summary = train(cfg, run_dir, resume=resume, progress=progress)
     if is_primary():
         print_table(["item", "value"], [[k, v] for k, v in summary.items()], title=f"perspose-train: {run_dir}")
