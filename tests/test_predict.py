@@ -1,0 +1,131 @@
+"""perspose-predict (issue 13, images with boxes): the intrinsics' order of precedence, EXIF orientation and
+focal length, the chain's consistency on a real frame with its known K, outputs and bad input."""
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from _fixtures import require_real
+from pipeline import geometry as g
+from trainer.predict import DEFAULT_FOV_DEG, ExifInfo, apply_orientation, intrinsics_for, load_oriented
+from trainer.predict_cli import main as predict_main
+from test_evaluate import _ckpt
+
+
+def _jpeg(path, w=640, h=480, orientation=None, f35=None, focal_mm=None):
+    """A JPEG stored w x h with a red top-left corner, and the EXIF tags asked for."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:10, :20] = (255, 0, 0)
+    im, exif = Image.fromarray(a), Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    sub = exif.get_ifd(0x8769)
+    if f35 is not None:
+        sub[0xA405] = f35
+    if focal_mm is not None:
+        sub[0x920A] = focal_mm
+    im.save(path, exif=exif, quality=95)
+    return path
+
+
+@pytest.mark.parametrize("orientation, oriented_wh", [(None, (640, 480)), (1, (640, 480)), (6, (480, 640)),
+                                                      (8, (480, 640))])
+def test_exif_focal_and_orientation_give_the_exact_K(tmp_path, orientation, oriented_wh):
+    p = _jpeg(tmp_path / "a.jpg", orientation=orientation, f35=28)
+    image, exif = load_oriented(p)
+    W, H = oriented_wh
+    assert image.shape[:2] == (H, W) and exif.focal_35mm == 28
+    K, source = intrinsics_for(W, H, exif=exif)
+    f = 28 / 36 * max(W, H)                                   # the long side of the oriented image: 640 always
+    np.testing.assert_array_equal(K, [[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
+    assert source == "EXIF FocalLengthIn35mmFilm"
+    red = np.argwhere((image[..., 0] > 200) & (image[..., 1] < 50))
+    corner = {None: (0, 0), 1: (0, 0), 6: (0, W - 1), 8: (H - 1, 0)}[orientation]   # where the stored (0, 0) goes
+    assert np.min(np.abs(red - corner).sum(axis=1)) <= 1
+
+
+def test_no_exif_and_the_order_of_precedence(tmp_path):
+    image, exif = load_oriented(_jpeg(tmp_path / "plain.jpg"))
+    assert exif == ExifInfo()
+    K, source = intrinsics_for(640, 480, exif=exif)
+    assert K[0, 0] == pytest.approx(320 / math.tan(math.radians(DEFAULT_FOV_DEG / 2))) and "default" in source
+    e = ExifInfo(focal_35mm=50.0, focal_mm=6.0)
+    given = np.array([[700.0, 0, 300], [0, 710, 250], [0, 0, 1]])
+    assert intrinsics_for(640, 480, given, 900.0, 60.0, e)[1] == "--K"
+    assert intrinsics_for(640, 480, None, 900.0, 60.0, e)[0][0, 0] == 900.0
+    assert intrinsics_for(640, 480, None, None, 90.0, e)[0][0, 0] == pytest.approx(320.0)
+    assert intrinsics_for(640, 480, None, None, None, e)[0][0, 0] == pytest.approx(50 / 36 * 640)
+    only_mm = intrinsics_for(640, 480, None, None, None, ExifInfo(focal_mm=6.0))
+    assert "without a sensor width" in only_mm[1]
+
+
+def test_orientation_tags_are_the_eight_exif_transforms():
+    a = np.arange(6).reshape(2, 3)
+    assert apply_orientation(a, 6).tolist() == np.rot90(a, -1).tolist()    # 90 deg clockwise
+    assert apply_orientation(a, 8).tolist() == np.rot90(a, 1).tolist()
+    assert apply_orientation(a, 3).tolist() == a[::-1, ::-1].tolist()
+    assert apply_orientation(a, 5).tolist() == a.T.tolist() and apply_orientation(a, 2).tolist() == a[:, ::-1].tolist()
+    assert apply_orientation(a, 7).tolist() == a[::-1, ::-1].T.tolist()
+
+
+def _run(args):
+    return CliRunner().invoke(predict_main, [str(a) for a in args])
+
+
+def test_real_frame_joints_reproject_onto_the_models_own_2d_output(tmp_path):
+    """A real Human3.6M frame with its known K and the labelled box through a (random) checkpoint: the joints in
+    the original camera, projected with K, land on the model's uv taken back through the crop homography."""
+    from pipeline.skeleton import get_skeleton
+    from trainer.eval_cli import build_from_checkpoint, load_checkpoint
+    from trainer.evaluate import model_predict_fn
+    from trainer.predict import person_record, predict_people
+    real = require_real("h36m")
+    s = json.loads((real / "labels.json").read_text())["samples"][0]
+    image, _ = load_oriented(real / s["image"])
+    K = np.asarray(s["K"], np.float64)
+    ck = _ckpt(tmp_path)
+    model, cfg = build_from_checkpoint(load_checkpoint(ck), ck, "cpu")
+    rec = person_record(image, K, s["bbox_square_xywh"], cfg.crop_size, "smpl24", "x")
+    (p,) = predict_people(model_predict_fn(model, tuple(cfg.skeletons), "cpu"), [rec], 4)
+    off = (rec["meta"]["store_size"] - cfg.crop_size) / 2            # S crop -> stored crop -> original pixels
+    uv_orig = g.apply_homography(np.linalg.inv(rec["H"]), p["uv_crop"] + off)
+    err = np.linalg.norm(g.project(p["joints_cam"], K) - uv_orig, axis=1)
+    assert err.max() <= 0.5 and p["joints_cam"].shape == (get_skeleton("smpl24").num_joints, 3), err.max()
+    assert np.all(p["joints_cam"][:, 2] > 0)
+
+
+def test_cli_writes_rows_overlays_and_reports_bad_input(tmp_path):
+    ck = _ckpt(tmp_path)
+    a = _jpeg(tmp_path / "a.jpg", orientation=6, f35=28)
+    b = _jpeg(tmp_path / "b.jpg")
+    (tmp_path / "c.jpg").write_bytes(b"not an image")
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([{"image": "a.jpg", "bbox": [100, 150, 200, 300], "score": 0.9},
+                                 {"image": "a.jpg", "bbox": [5000, 5000, 10, 10], "score": 0.9},
+                                 {"image": "b.jpg", "bbox": [200, 100, 150, 250], "score": 0.95},
+                                 {"image": "b.jpg", "bbox": [0, 0, 50, 50], "score": 0.1}]))
+    out = tmp_path / "out"
+    r = _run([a, b, tmp_path / "c.jpg", "--ckpt", ck, "--boxes", boxes, "--out", out, "--device", "cpu",
+              "--no-progress", "--fov", "70"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and {row["file"].split("/")[-1] for row in rows} == {"a.jpg", "b.jpg"}
+    assert all(row["K_source"] == "--fov" and len(row["joints_cam"]) == 24 for row in rows)
+    ka = next(row["K"] for row in rows if row["file"].endswith("a.jpg"))
+    assert ka[0][2] == (480 - 1) / 2                                   # the oriented (portrait) image's centre
+    assert pq.read_table(out / "predictions.parquet").num_rows == 2
+    assert (out / "overlays" / "a.png").is_file() and (out / "overlays" / "b.png").is_file()
+    assert "c.jpg: not a readable image" in r.output and "box 1" in r.output and "outside the image" in r.output
+    for args, needle in (([a, "--ckpt", ck, "--out", out], "no boxes"),
+                         ([a, "--ckpt", ck, "--out", out, "--boxes", tmp_path / "c.jpg"], "detections JSON"),
+                         ([a, "--ckpt", tmp_path / "c.jpg", "--out", out, "--boxes", boxes], "checkpoint")):
+        r = _run(args)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and needle in lines[0], r.output
