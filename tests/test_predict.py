@@ -129,3 +129,28 @@ def test_cli_writes_rows_overlays_and_reports_bad_input(tmp_path):
         r = _run(args)
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
         assert r.exit_code == 2 and len(lines) == 1 and needle in lines[0], r.output
+
+
+def test_video_gives_per_frame_rows_and_an_annotated_mp4(tmp_path):
+    ck = _ckpt(tmp_path)
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        writer.write(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    writer.release()
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([{"image": "clip.mp4", "frame": f, "bbox": [100, 40, 80, 160], "score": 1.0}
+                                 for f in (0, 2)]))
+    out = tmp_path / "out"
+    r = _run([video, "--ckpt", ck, "--boxes", boxes, "--out", out, "--device", "cpu", "--no-progress",
+              "--focal-px", "300"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [row["frame"] for row in rows] == [0, 2] and all(row["K_source"] == "--focal-px" for row in rows)
+    assert rows[0]["K"] == [[300.0, 0.0, 159.5], [0.0, 300.0, 119.5], [0.0, 0.0, 1.0]]
+    cap = cv2.VideoCapture(str(out / "videos" / "clip.mp4"))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 3 and not list((out / "videos").glob(".*tmp*"))

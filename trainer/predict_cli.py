@@ -4,7 +4,9 @@
         [--fov DEG | --focal-px F | --K K.json] [--skeleton smpl24] [--batch-size 32] [--device auto]
 
 ``--boxes``: COCO-style detections, a JSON list of ``{"image": NAME, "bbox": [x, y, w, h], "score": s}`` in the
-pixels of the image as it is meant to be seen (EXIF orientation applied); ``image`` is the file name or its path.
+pixels of the image as it is meant to be seen (EXIF orientation applied); ``image`` is the file name or its path;
+for a video (.mp4, .avi, .mov, .mkv, .webm) each detection also names its ``frame`` (0-based). Videos get per-frame
+rows and an annotated ``videos/NAME.mp4``.
 ``--K``: a JSON 3x3 matrix for every image, or ``{NAME: 3x3}`` per image. Writes ``predictions.jsonl`` and
 ``predictions.parquet`` (one row per person: file, box, K and its source, joints in the original camera in
 metres, their projection in pixels, skeleton) and ``overlays/NAME.png`` (2D skeleton and a small 3D view).
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 import click
+import cv2
 import numpy as np
 
 from pipeline.errors import InputError, InputErrorCommand
@@ -24,8 +27,12 @@ from pipeline.errors import InputError, InputErrorCommand
 log = logging.getLogger(__name__)
 
 
-def read_boxes(path: Path, min_score: float) -> dict[str, list[list[float]]]:
-    """{image name: [box, ...]} from a detections JSON; InputError naming the file and the entry otherwise."""
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
+def read_boxes(path: Path, min_score: float) -> dict[tuple[str, int], list[list[float]]]:
+    """{(image name, frame): [box, ...]} from a detections JSON (frame 0 for photos); InputError naming the file
+    and the entry otherwise."""
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -36,10 +43,11 @@ def read_boxes(path: Path, min_score: float) -> dict[str, list[list[float]]]:
     for i, d in enumerate(doc):
         box = d.get("bbox") if isinstance(d, dict) else None
         if not (isinstance(d, dict) and isinstance(d.get("image"), str) and isinstance(box, list) and len(box) == 4
-                and all(isinstance(v, (int, float)) for v in box)):
-            raise InputError(f"{path}: detection {i} needs 'image' (a name) and 'bbox' [x, y, w, h], got {d!r}")
+                and all(isinstance(v, (int, float)) for v in box) and isinstance(d.get("frame", 0), int)):
+            raise InputError(f"{path}: detection {i} needs 'image' (a name), 'bbox' [x, y, w, h] and for videos an "
+                             f"integer 'frame', got {d!r}")
         if float(d.get("score", 1.0)) >= min_score:
-            out.setdefault(Path(d["image"]).name, []).append([float(v) for v in box])
+            out.setdefault((Path(d["image"]).name, int(d.get("frame", 0))), []).append([float(v) for v in box])
     return out
 
 
@@ -86,6 +94,38 @@ def _overlay(image: np.ndarray, people: list[dict], skeleton: str, path: Path) -
     ax3.set_zlabel("-y (m)")
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=90)
+
+
+def _draw(frame: np.ndarray, people: list[dict], skeleton: str) -> np.ndarray:
+    """A video frame (RGB) with each person's 2D skeleton drawn (cv2: fast enough per frame)."""
+    from pipeline.skeleton import get_skeleton
+    out = frame.copy()
+    for p in people:
+        uv = np.asarray(p["joints_2d"])
+        for j, parent in enumerate(get_skeleton(skeleton).parents):
+            if parent >= 0 and np.isfinite(uv[[j, parent]]).all():
+                a, b = (tuple(int(round(v)) for v in uv[k]) for k in (j, parent))
+                cv2.line(out, a, b, (0, 255, 0), 2, cv2.LINE_AA)
+    return out
+
+
+def iter_frames(path: Path):
+    """(frame index, RGB frame) of a video; InputError when it cannot be opened or holds no frame."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise InputError(f"{path}: not a readable video")
+    n = 0
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            yield n, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            n += 1
+    finally:
+        cap.release()
+    if n == 0:
+        raise InputError(f"{path}: not a readable video (no frame)")
 
 
 @click.command(cls=InputErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,38 +176,48 @@ def main(images, ckpt_path, out_dir, boxes, min_score, k_path, focal_px, fov_deg
     predict_fn = model_predict_fn(model, tuple(cfg.skeletons), device, flip_test=True)
 
     people, notes, files_ok, t_model = [], [], 0, 0.0
-    for path in tqdm(images, desc="predict", unit="image", disable=not progress):
+
+    def people_in(image, path, frame, K, source):
+        """The predicted people of one image or frame (rows of predictions.jsonl)."""
+        nonlocal t_model
+        recs = []
+        for i, box in enumerate(dets.get((path.name, frame), [])):
+            try:
+                recs.append((i, box, person_record(image, K, box, cfg.crop_size, skeleton, f"{path.name}#{frame}#{i}")))
+            except Rejected as e:
+                notes.append(f"{path}: frame {frame}: box {i} {box}: {e}")
+        if not recs:
+            return []
+        t0 = time.perf_counter()
+        preds = predict_people(predict_fn, [r for _, _, r in recs], batch_size)
+        t_model += time.perf_counter() - t0
+        return [{"file": str(path), "frame": frame, "person": i, "box": box, "K": K.tolist(), "K_source": source,
+                 "skeleton": skeleton, "joints_cam": p["joints_cam"].tolist(),
+                 "joints_2d": project(p["joints_cam"], K).tolist()} for (i, box, _), p in zip(recs, preds)]
+
+    for path in tqdm(images, desc="predict", unit="file", disable=not progress):
+        K_given = Ks.get(path.name) if isinstance(Ks, dict) else Ks
         try:
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                notes += _predict_video(path, out_dir, people_in, people, K_given, focal_px, fov_deg, skeleton,
+                                        intrinsics_for)
+                files_ok += 1
+                continue
             image, exif = load_oriented(path)
         except InputError as e:
             notes.append(str(e))
             continue
         H, W = image.shape[:2]
-        K_given = Ks.get(path.name) if isinstance(Ks, dict) else Ks
         K, source = intrinsics_for(W, H, K_given, focal_px, fov_deg, exif)
         if exif.error:
             notes.append(f"{path}: unreadable EXIF ({exif.error}); K from {source}")
-        recs = []
-        for i, box in enumerate(dets.get(path.name, [])):
-            try:
-                recs.append((i, box, person_record(image, K, box, cfg.crop_size, skeleton, f"{path.name}#{i}")))
-            except Rejected as e:
-                notes.append(f"{path}: box {i} {box}: {e}")
         files_ok += 1
-        if not recs:
-            if path.name not in dets:
-                notes.append(f"{path}: no box in {boxes.name}")
+        if (path.name, 0) not in dets:
+            notes.append(f"{path}: no box in {boxes.name}")
             continue
-        t0 = time.perf_counter()
-        preds = predict_people(predict_fn, [r for _, _, r in recs], batch_size)
-        t_model += time.perf_counter() - t0
-        found = []
-        for (i, box, _), p in zip(recs, preds):
-            found.append({"file": str(path), "frame": 0, "person": i, "box": box, "K": K.tolist(), "K_source": source,
-                          "skeleton": skeleton, "joints_cam": p["joints_cam"].tolist(),
-                          "joints_2d": project(p["joints_cam"], K).tolist()})
+        found = people_in(image, path, 0, K, source)
         people += found
-        if overlays:
+        if overlays and found:
             (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
             _overlay(image, found, skeleton, out_dir / "overlays" / f"{path.stem}.png")
 
@@ -189,6 +239,39 @@ def main(images, ckpt_path, out_dir, boxes, min_score, k_path, focal_px, fov_deg
     print_table(["", "value"], [("files", len(images)), ("files read", files_ok), ("people", len(people)),
                                 ("ms per person (model)", round(ms, 2)), ("notes", len(notes))],
                 title=f"perspose-predict: {out_dir}")
+
+
+def _predict_video(path: Path, out_dir: Path, people_in, people: list, K_given, focal_px, fov_deg, skeleton,
+                   intrinsics_for) -> list[str]:
+    """Per-frame rows into ``people`` and ``videos/NAME.mp4`` with the skeletons drawn (written to a temporary
+    name, then renamed); returns notes."""
+    import os
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    cap.release()
+    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    final = out_dir / "videos" / f"{path.stem}.mp4"
+    tmp = final.with_name(f".{final.stem}.tmp.mp4")
+    writer, n_people = None, 0
+    try:
+        for frame, image in iter_frames(path):
+            H, W = image.shape[:2]
+            K, source = intrinsics_for(W, H, K_given, focal_px, fov_deg, None)
+            found = people_in(image, path, frame, K, source)
+            people += found
+            n_people += len(found)
+            if writer is None:
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (W, H))
+            writer.write(cv2.cvtColor(_draw(image, found, skeleton), cv2.COLOR_RGB2BGR))
+    except BaseException:
+        if writer is not None:
+            writer.release()
+        tmp.unlink(missing_ok=True)       # nothing half-written
+        raise
+    if writer is not None:
+        writer.release()
+    os.replace(tmp, final)
+    return [] if n_people else [f"{path}: no person predicted in any frame"]
 
 
 if __name__ == "__main__":
