@@ -226,10 +226,12 @@ def write_tar(path, encoded_samples) -> int:
 
 
 def read_build_json(path) -> dict:
-    """A shard directory's build.json, checked for shape and ``format_version``; InputError naming the file."""
-    path = Path(path)
+    """A shard directory's build.json (a local path or a URL), checked for shape and ``format_version``;
+    InputError naming the file."""
+    from .remote import is_url, read_bytes
+    path = path if is_url(path) else Path(path)
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(read_bytes(path).decode())
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: unreadable build.json ({e})") from None
     shards = info.get("shards", []) if isinstance(info, dict) else None

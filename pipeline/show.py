@@ -45,7 +45,11 @@ def _read_index(out_dir: Path, tars=None) -> list[dict]:
 
 def read_index(specs) -> list[dict]:
     """The index rows of the shards named by shard specs (:mod:`pipeline.shardspec`), in spec order."""
+    from .remote import is_url
     from .shardspec import shard_groups
+    remote = [s for s in ([specs] if isinstance(specs, (str, Path)) else specs) if is_url(str(s))]
+    if remote:
+        raise InputError(f"{remote[0]}: show reads local shard directories (copy the shards here first)")
     return [r for g in shard_groups(specs) for r in _read_index(g.directory, g.tars)]
 
 

@@ -181,14 +181,16 @@ def group_samples(members: Iterable[tuple[str, bytes]], where="tar") -> Iterator
 
 
 def iter_tar(path) -> Iterator[dict]:
-    """{'__key__', ext: bytes} per sample of a shard file, in file order."""
-    with open(path, "rb") as f:
+    """{'__key__', ext: bytes} per sample of a shard file or URL (:mod:`pipeline.remote`), in file order."""
+    from .remote import open_stream
+    with open_stream(path) as f:
         yield from group_samples(iter_members(f, path), path)
 
 
 def count_samples(path) -> int:
     """Samples (keys with a .json member) in a shard file; reads the headers only."""
-    with open(path, "rb") as f:
+    from .remote import open_stream
+    with open_stream(path) as f:
         return sum(1 for s in group_samples(iter_members(f, path, read_data=False), path) if "json" in s)
 
 

@@ -177,7 +177,11 @@ def verify_dir(out_dir, progress: bool = True, jobs: int = 1, only=None) -> Veri
 def verify_specs(specs, progress: bool = True, jobs: int = 1) -> VerifyReport:
     """:func:`verify_dir` over shard specs (:mod:`pipeline.shardspec`): whole directories, or the named shard
     files of their directories."""
+    from .remote import is_url
     from .shardspec import shard_groups
+    remote = [s for s in ([specs] if isinstance(specs, (str, Path)) else specs) if is_url(str(s))]
+    if remote:
+        raise InputError(f"{remote[0]}: verify reads local shard directories (copy the shards here first)")
     total = VerifyReport()
     for group in shard_groups(specs):
         everything = {t.name for t in group.directory.glob("*.tar")} == {t.name for t in group.tars}

@@ -96,6 +96,7 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
     import torch
 
     from pipeline.fsutil import sha256_file
+    from pipeline.remote import is_url
     from pipeline.report import print_table
 
     from pipeline.training_recipe import read_training_recipe
@@ -145,8 +146,10 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path), "step": ck.get("step")},
         "model_config": dataclasses.asdict(cfg),
-        "shards": [{"path": str(Path(u).resolve()), "sha256": sha256_file(u)} for u in shards.urls],
-        "options": {"flip_test": flip_test, "skip_nonfinite": skip_nonfinite, "batch_size": batch_size, "workers": workers, "device": device, "amp": amp_dtype is not None,
+        "shards": [{"path": u, "sha256": None} if is_url(u) else
+                   {"path": str(Path(u).resolve()), "sha256": sha256_file(u)} for u in shards.urls],
+        "options": {"flip_test": flip_test, "skip_nonfinite": skip_nonfinite, "batch_size": batch_size,
+                    "workers": workers, "device": device, "amp": amp_dtype is not None,
                     "world_size": torch.distributed.get_world_size() if ddp else 1},
         "frame": "original camera (R^T applied); metrics in mm, PCK/AUC in %",
         "protocols": {p.name: p.as_dict() for p in sorted({protocol_for(s) for s in set(rec["skeleton"])},

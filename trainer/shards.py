@@ -5,6 +5,9 @@ brace patterns) -> a checked :class:`ShardSet` with the sample count of every sh
 build wrote one, else by reading the tar headers). The training stream (:mod:`trainer.data`), validation,
 ``perspose-eval`` and the scripts all resolve their shards here.
 
+Shards may be URLs (``http(s)://``, ``pipe:``, ``s3://``, ``gs://``; :mod:`pipeline.remote`): the same
+resolution, streams and errors, with ``build.json`` read from the same place.
+
 The crop-size rule (docs/design.md §6), the one place it is decided: a shard built for crop C serves a model
 whose crop is S when C >= S. C = S is the exact integer centre slice of the stored crop (no resampling, K
 shifted); C > S is one resampling of the same field of view to S pixels (K scaled; :func:`trainer.augment.
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import InputError
+from pipeline.remote import is_url, url_join
 from pipeline.shard import decode_sample, read_build_json
 from pipeline.shardspec import shard_groups
 from pipeline.skeleton import get_skeleton
@@ -73,6 +77,21 @@ def _count_samples(tar: Path) -> int:
         raise InputError(f"{tar}: not a readable tar shard ({e})") from None
 
 
+def _build_info(directory) -> tuple[dict | None, object]:
+    """(the directory's build.json or None when it has none, where it is). A URL directory without a readable
+    build.json is read without one (sample counts then come from the tar headers)."""
+    if is_url(directory):
+        where = url_join(directory, "build.json")
+        try:
+            return read_build_json(where), where
+        except InputError as e:
+            if "format_version" in str(e) or "not a perspose build.json" in str(e):
+                raise
+            return None, where
+    where = Path(directory) / "build.json"
+    return (read_build_json(where) if where.is_file() else None), where
+
+
 def resolve_shards(specs, crop_size: int | None = None, name: str = "", skeletons=None,
                    ratio: float = 1.0) -> ShardSet:
     """Shard specs -> a checked :class:`ShardSet` (InputError for missing, empty or incompatible shards).
@@ -80,12 +99,12 @@ def resolve_shards(specs, crop_size: int | None = None, name: str = "", skeleton
     specs = [specs] if isinstance(specs, (str, Path)) else list(specs)
     urls, counts = [], []
     for group in shard_groups(specs):
-        info = read_build_json(group.directory / "build.json") if (group.directory / "build.json").is_file() else None
+        info, where = _build_info(group.directory)
         if info is not None:
-            check_crop_size(info.get("options", {}).get("crop_size"), group.directory / "build.json", crop_size)
+            check_crop_size(info.get("options", {}).get("crop_size"), where, crop_size)
         known = {s.get("file"): s.get("samples") for s in (info or {}).get("shards", [])}
         for t in group.tars:
-            n = known.get(t.name)
+            n = known.get(t.rsplit("/", 1)[-1] if isinstance(t, str) else t.name)
             urls.append(str(t))
             counts.append(int(n) if n is not None else _count_samples(t))
     label = name or ", ".join(map(str, specs))
@@ -103,8 +122,8 @@ def resolve_shards(specs, crop_size: int | None = None, name: str = "", skeleton
     if skeletons is not None and meta.get("skeleton") not in skeletons:
         raise InputError(f"{first}: skeleton {meta.get('skeleton')} is not predicted by the model "
                          f"(it predicts {', '.join(sorted(skeletons))})")
-    return ShardSet(name or Path(str(specs[0])).name, tuple(u for u, _ in nonempty), tuple(c for _, c in nonempty),
-                    float(ratio))
+    return ShardSet(name or str(specs[0]).rstrip("/").rsplit("/", 1)[-1], tuple(u for u, _ in nonempty),
+                    tuple(c for _, c in nonempty), float(ratio))
 
 
 def as_shard_sets(shards, crop_size: int | None = None, skeletons=None) -> list[ShardSet]:
