@@ -159,7 +159,8 @@ def backend_context(backend: str, scheduler: str | None):
         except ImportError:
             raise InputError("--backend dask needs the dask extra: pip install 'perspose[dask]'") from None
         with contextlib.ExitStack() as stack:
-            cluster = None if scheduler else stack.enter_context(LocalCluster(processes=True))
+            cluster = None if scheduler else stack.enter_context(LocalCluster(processes=True,
+                                                                               dashboard_address=None))
             stack.enter_context(Client(scheduler or cluster))
             yield "dask"
         return
@@ -195,13 +196,15 @@ def _run_tasks(tasks, cfg: BuildConfig, out_dir: Path):
     """Yield sidecars as shards finish (any order)."""
     if not tasks:
         return
-    from joblib import Parallel, delayed
+    from joblib import Parallel, delayed, parallel_config
     threads = cv2.getNumThreads()  # workers set 1; in-process (--jobs 1, threading) restore it afterwards
     try:
         with backend_context(cfg.backend, cfg.scheduler) as backend:
             n_jobs = _n_jobs(cfg.jobs, backend, len(tasks))
-            par = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")
-            yield from par(delayed(build_shard)(t, cfg.opts, out_dir) for t in tasks)
+            # parallel_config, not Parallel(backend=...): joblib 1.6 sets up its dask backend only this way
+            with parallel_config(backend=backend):
+                par = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+                yield from par(delayed(build_shard)(t, cfg.opts, out_dir) for t in tasks)
     finally:
         cv2.setNumThreads(threads)
 

@@ -313,3 +313,15 @@ def test_jobs_mean_cores_locally_and_the_cluster_for_dask_and_ray(monkeypatch):
     assert [_n_jobs(-1, b, 100) for b in ("loky", "threading", "dask", "ray")] == [6, 6, -1, -1]
     assert _n_jobs(-1, "loky", 4) == 4 and _n_jobs(8, "dask", 3) == 3 and _n_jobs(8, "loky", 50) == 8
     assert _n_jobs(1, "ray", 50) == 1
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_local_dask_cluster_builds_byte_identical_shards(toy, tmp_path):
+    """One shard = one idempotent task on any joblib backend: 2 dask workers write the loky build's bytes."""
+    pytest.importorskip("dask.distributed", reason="the dask extra (scripts/test.sh installs it)")
+    manifest, _, _ = toy
+    loky = build_shards([manifest], tmp_path / "loky", BuildConfig(shard_size=3, jobs=2), progress=False)
+    dask = build_shards([manifest], tmp_path / "dask", BuildConfig(shard_size=3, jobs=2, backend="dask"),
+                        progress=False)
+    assert dask.build_json["run"]["backend"] == "dask" and len(_digests(loky.out_dir)) == 5
+    assert _digests(loky.out_dir) == _digests(dask.out_dir)
