@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
-# the dask extra, for the test that builds shards on a local dask cluster (the demo does not need it)
-.venv/bin/python -c "import dask.distributed" 2>/dev/null || .venv/bin/python -m pip install --quiet -e ".[dev,dask]"
+# the extras some tests exercise (the demo does not need them): dask (a build on a local dask cluster),
+# onnxruntime (perspose-predict's detector) and onnx (to export the tests' random-weight detector)
+.venv/bin/python -c "import dask.distributed, onnxruntime, onnx" 2>/dev/null \
+    || .venv/bin/python -m pip install --quiet -e ".[dev,dask,detect]" "onnx>=1.15"
 exec .venv/bin/python -m pytest "$@"

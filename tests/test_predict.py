@@ -154,3 +154,51 @@ def test_video_gives_per_frame_rows_and_an_annotated_mp4(tmp_path):
     while cap.read()[0]:
         n += 1
     assert n == 3 and not list((out / "videos").glob(".*tmp*"))
+
+
+def _random_detector(path):
+    """A detector with random weights and the ONNX interface of trainer/detect.py: boxes (5, 4) x1 y1 x2 y2 inside
+    the image from a random conv net, fixed scores and labels (so the test knows which boxes are people)."""
+    import torch
+    onnx = pytest.importorskip("onnx", reason="onnx exports the random detector (scripts/test.sh installs it)")
+    del onnx
+
+    class Det(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.Linear(8, 20)
+
+        def forward(self, x):
+            o = self.head(self.conv(x).mean((2, 3))).reshape(5, 4)
+            h, w = x.shape[2], x.shape[3]
+            size = torch.stack([torch.ones(()) * w, torch.ones(()) * h]).to(x.dtype)
+            xy = torch.sigmoid(o[:, :2]) * 0.5 * size
+            wh = (0.2 + 0.2 * torch.sigmoid(o[:, 2:])) * size
+            scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.3]) + 0 * o[:, 0]
+            return torch.cat([xy, xy + wh], 1), scores, torch.tensor([1, 1, 0, 1, 1])
+    torch.manual_seed(0)
+    torch.onnx.export(Det().eval(), (torch.rand(1, 3, 240, 320),), str(path), input_names=["images"],
+                      output_names=["boxes", "scores", "labels"], dynamic_axes={"images": {2: "h", 3: "w"}},
+                      dynamo=False)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_detector_with_random_weights_gives_the_boxes_its_structure_says(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the detect extra (scripts/test.sh installs it)")
+    from trainer.detect import detect_people, load_detector
+    det = _random_detector(tmp_path / "det.onnx")
+    image, _ = load_oriented(_jpeg(tmp_path / "a.jpg"))
+    found = detect_people(load_detector(det), image, person_label=1, min_score=0.5)
+    assert len(found) == 3 and all(len(b) == 4 and b[2] > 0 and b[3] > 0 for b in found)    # labels 1, score >= 0.5
+    assert len(detect_people(load_detector(det), image, person_label=0, min_score=0.5)) == 1
+    ck = _ckpt(tmp_path)
+    out = tmp_path / "out"
+    r = _run([tmp_path / "a.jpg", "--ckpt", ck, "--detector-weights", det, "--out", out, "--device", "cpu",
+              "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [row["box"] for row in rows] == found and all(len(row["joints_cam"]) == 24 for row in rows)
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    r = _run([tmp_path / "a.jpg", "--ckpt", ck, "--detector-weights", tmp_path / "bad.onnx", "--out", out])
+    assert r.exit_code == 2 and "not a loadable ONNX detector" in r.output

@@ -134,6 +134,10 @@ def iter_frames(path: Path):
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--boxes", type=click.Path(path_type=Path), default=None, help="COCO-style detections JSON.")
 @click.option("--min-score", default=0.5, show_default=True, help="Detections below this score are ignored.")
+@click.option("--detector-weights", type=click.Path(path_type=Path), default=None,
+              help="An ONNX person detector (onnxruntime; trainer/detect.py has the interface), used without --boxes.")
+@click.option("--detector-person-label", default=1, show_default=True,
+              help="The detector's person class (torchvision COCO models: 1; YOLO-style: 0).")
 @click.option("--K", "k_path", type=click.Path(path_type=Path), default=None, help="JSON 3x3 K, or {image: 3x3}.")
 @click.option("--focal-px", type=float, default=None, help="Focal length in pixels (square pixels).")
 @click.option("--fov", "fov_deg", type=float, default=None, help="Horizontal field of view in degrees.")
@@ -142,8 +146,8 @@ def iter_frames(path: Path):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write overlays/NAME.png.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def main(images, ckpt_path, out_dir, boxes, min_score, k_path, focal_px, fov_deg, skeleton, batch_size, device,
-         overlays, progress):
+def main(images, ckpt_path, out_dir, boxes, min_score, detector_weights, detector_person_label, k_path, focal_px,
+         fov_deg, skeleton, batch_size, device, overlays, progress):
     """Predict 3D joints (metres, in the original camera) for the people in IMAGES."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -161,12 +165,19 @@ def main(images, ckpt_path, out_dir, boxes, min_score, k_path, focal_px, fov_deg
     from .predict import intrinsics_for, load_oriented, person_record, predict_people
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if boxes is None:
-        raise InputError("no boxes: give --boxes FILE (COCO-style detections: image, bbox [x, y, w, h], score); "
-                         "a built-in person detector is not available yet")
+    if boxes is None and detector_weights is None:
+        raise InputError("no boxes: give --boxes FILE (COCO-style detections: image, bbox [x, y, w, h], score) or "
+                         "--detector-weights DETECTOR.onnx")
     if focal_px is not None and focal_px <= 0 or fov_deg is not None and not 0 < fov_deg < 180:
         raise InputError("--focal-px must be > 0 and --fov in (0, 180) degrees")
-    dets, Ks = read_boxes(boxes, min_score), read_K(k_path)
+    dets, Ks = (read_boxes(boxes, min_score) if boxes is not None else {}), read_K(k_path)
+    detector = None
+    if boxes is None:
+        from .detect import detect_people, load_detector
+        session = load_detector(detector_weights)
+
+        def detector(image, path, frame):  # fills dets for this image / frame
+            dets[(path.name, frame)] = detect_people(session, image, detector_person_label, min_score)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg = build_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path, device)
@@ -180,6 +191,8 @@ def main(images, ckpt_path, out_dir, boxes, min_score, k_path, focal_px, fov_deg
     def people_in(image, path, frame, K, source):
         """The predicted people of one image or frame (rows of predictions.jsonl)."""
         nonlocal t_model
+        if detector is not None:
+            detector(image, path, frame)
         recs = []
         for i, box in enumerate(dets.get((path.name, frame), [])):
             try:
@@ -212,7 +225,7 @@ def main(images, ckpt_path, out_dir, boxes, min_score, k_path, focal_px, fov_deg
         if exif.error:
             notes.append(f"{path}: unreadable EXIF ({exif.error}); K from {source}")
         files_ok += 1
-        if (path.name, 0) not in dets:
+        if detector is None and (path.name, 0) not in dets:
             notes.append(f"{path}: no box in {boxes.name}")
             continue
         found = people_in(image, path, 0, K, source)
