@@ -202,3 +202,36 @@ def test_a_detector_with_random_weights_gives_the_boxes_its_structure_says(tmp_p
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     r = _run([tmp_path / "a.jpg", "--ckpt", ck, "--detector-weights", tmp_path / "bad.onnx", "--out", out])
     assert r.exit_code == 2 and "not a loadable ONNX detector" in r.output
+
+
+def test_a_corrupt_exif_block_is_a_note_and_the_default_K(tmp_path):
+    ok, enc = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))
+    seg = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + b"\xff" * 40          # an IFD that runs off the end
+    data = enc.tobytes()
+    (tmp_path / "bad.jpg").write_bytes(data[:2] + b"\xff\xe1" + (len(seg) + 2).to_bytes(2, "big") + seg + data[2:])
+    image, exif = load_oriented(tmp_path / "bad.jpg")
+    assert image.shape == (48, 64, 3) and "Corrupt EXIF" in exif.error
+    assert "default" in intrinsics_for(64, 48, exif=exif)[1]
+    boxes = tmp_path / "b.json"
+    boxes.write_text(json.dumps([{"image": "bad.jpg", "bbox": [10, 5, 20, 30]}]))
+    r = _run([tmp_path / "bad.jpg", "--ckpt", _ckpt(tmp_path), "--boxes", boxes, "--out", tmp_path / "o",
+              "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0 and "unreadable EXIF" in r.output, r.output
+
+
+def test_people_of_many_images_share_a_batch(tmp_path, monkeypatch):
+    import trainer.predict as P
+    calls, real = [], P.predict_people
+
+    def counting(fn, records, batch_size):
+        calls.append(len(records))
+        return real(fn, records, batch_size)
+    monkeypatch.setattr(P, "predict_people", counting)
+    names = [_jpeg(tmp_path / f"{k}.jpg").name for k in range(3)]
+    boxes = tmp_path / "b.json"
+    boxes.write_text(json.dumps([{"image": n, "bbox": [100, 100, 120, 200]} for n in names]))
+    r = _run([*(tmp_path / n for n in names), "--ckpt", _ckpt(tmp_path), "--boxes", boxes, "--out", tmp_path / "o",
+              "--device", "cpu", "--no-progress", "--batch-size", "8", "--no-overlays"])
+    assert r.exit_code == 0, r.output
+    assert calls == [3]                                  # one model pass for the three photos' people
+    assert len((tmp_path / "o" / "predictions.jsonl").read_text().splitlines()) == 3

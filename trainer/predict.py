@@ -48,13 +48,20 @@ class ExifInfo:
 
 def read_exif(path) -> ExifInfo:
     """The EXIF fields the intrinsics need; a missing block is the default, a corrupt one is reported."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as im:
-            exif = im.getexif()
-            sub = exif.get_ifd(_EXIF_IFD) if exif else {}
+        with warnings.catch_warnings(record=True) as caught:   # PIL reports a damaged EXIF block as a warning
+            warnings.simplefilter("always")
+            with Image.open(path) as im:
+                exif = im.getexif()
+                sub = exif.get_ifd(_EXIF_IFD) if exif else {}
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         return ExifInfo(error=f"{type(e).__name__}: {e}")
+    damaged = [str(w.message) for w in caught if "exif" in str(w.message).lower()]
+    if damaged:
+        return ExifInfo(error=damaged[0])
 
     def num(v):
         try:

@@ -188,9 +188,26 @@ def main(images, ckpt_path, out_dir, boxes, min_score, detector_weights, detecto
 
     people, notes, files_ok, t_model = [], [], 0, 0.0
 
-    def people_in(image, path, frame, K, source):
-        """The predicted people of one image or frame (rows of predictions.jsonl)."""
+    pending: list[dict] = []   # images / frames waiting for the model: people of many images share a batch
+
+    def flush():
         nonlocal t_model
+        recs = [r for item in pending for _, _, r in item["recs"]]
+        t0 = time.perf_counter()
+        preds = iter(predict_people(predict_fn, recs, batch_size) if recs else [])
+        t_model += time.perf_counter() - t0
+        for item in pending:       # in the order they came: video frames are written in order
+            K = item["K"]
+            found = [{"file": str(item["path"]), "frame": item["frame"], "person": i, "box": box, "K": K.tolist(),
+                      "K_source": item["source"], "skeleton": skeleton, "joints_cam": p["joints_cam"].tolist(),
+                      "joints_2d": project(p["joints_cam"], K).tolist()}
+                     for (i, box, _), p in zip(item["recs"], preds)]
+            people.extend(found)
+            item["sink"](found)
+        pending.clear()
+
+    def people_in(image, path, frame, K, source, sink):
+        """Queue one image or frame; ``sink(found)`` gets its predicted people (rows of predictions.jsonl)."""
         if detector is not None:
             detector(image, path, frame)
         recs = []
@@ -199,20 +216,15 @@ def main(images, ckpt_path, out_dir, boxes, min_score, detector_weights, detecto
                 recs.append((i, box, person_record(image, K, box, cfg.crop_size, skeleton, f"{path.name}#{frame}#{i}")))
             except Rejected as e:
                 notes.append(f"{path}: frame {frame}: box {i} {box}: {e}")
-        if not recs:
-            return []
-        t0 = time.perf_counter()
-        preds = predict_people(predict_fn, [r for _, _, r in recs], batch_size)
-        t_model += time.perf_counter() - t0
-        return [{"file": str(path), "frame": frame, "person": i, "box": box, "K": K.tolist(), "K_source": source,
-                 "skeleton": skeleton, "joints_cam": p["joints_cam"].tolist(),
-                 "joints_2d": project(p["joints_cam"], K).tolist()} for (i, box, _), p in zip(recs, preds)]
+        pending.append({"recs": recs, "path": path, "frame": frame, "K": K, "source": source, "sink": sink})
+        if sum(len(item["recs"]) for item in pending) >= batch_size or len(pending) >= batch_size:
+            flush()
 
     for path in tqdm(images, desc="predict", unit="file", disable=not progress):
         K_given = Ks.get(path.name) if isinstance(Ks, dict) else Ks
         try:
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                notes += _predict_video(path, out_dir, people_in, people, K_given, focal_px, fov_deg, skeleton,
+                notes += _predict_video(path, out_dir, people_in, flush, K_given, focal_px, fov_deg, skeleton,
                                         intrinsics_for)
                 files_ok += 1
                 continue
@@ -228,11 +240,13 @@ def main(images, ckpt_path, out_dir, boxes, min_score, detector_weights, detecto
         if detector is None and (path.name, 0) not in dets:
             notes.append(f"{path}: no box in {boxes.name}")
             continue
-        found = people_in(image, path, 0, K, source)
-        people += found
-        if overlays and found:
-            (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-            _overlay(image, found, skeleton, out_dir / "overlays" / f"{path.stem}.png")
+
+        def overlay(found, image=image, path=path):
+            if overlays and found:
+                (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+                _overlay(image, found, skeleton, out_dir / "overlays" / f"{path.stem}.png")
+        people_in(image, path, 0, K, source, overlay)
+    flush()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in people))
@@ -254,10 +268,10 @@ def main(images, ckpt_path, out_dir, boxes, min_score, detector_weights, detecto
                 title=f"perspose-predict: {out_dir}")
 
 
-def _predict_video(path: Path, out_dir: Path, people_in, people: list, K_given, focal_px, fov_deg, skeleton,
+def _predict_video(path: Path, out_dir: Path, people_in, flush, K_given, focal_px, fov_deg, skeleton,
                    intrinsics_for) -> list[str]:
-    """Per-frame rows into ``people`` and ``videos/NAME.mp4`` with the skeletons drawn (written to a temporary
-    name, then renamed); returns notes."""
+    """Per-frame rows (through ``people_in``'s queue) and ``videos/NAME.mp4`` with the skeletons drawn (written to a
+    temporary name, then renamed); returns notes."""
     import os
     cap = cv2.VideoCapture(str(path))
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
@@ -266,19 +280,25 @@ def _predict_video(path: Path, out_dir: Path, people_in, people: list, K_given, 
     final = out_dir / "videos" / f"{path.stem}.mp4"
     tmp = final.with_name(f".{final.stem}.tmp.mp4")
     writer, n_people = None, 0
+
+    def write(found, image):
+        nonlocal n_people
+        n_people += len(found)
+        writer.write(cv2.cvtColor(_draw(image, found, skeleton), cv2.COLOR_RGB2BGR))
     try:
         for frame, image in iter_frames(path):
             H, W = image.shape[:2]
             K, source = intrinsics_for(W, H, K_given, focal_px, fov_deg, None)
-            found = people_in(image, path, frame, K, source)
-            people += found
-            n_people += len(found)
             if writer is None:
                 writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (W, H))
-            writer.write(cv2.cvtColor(_draw(image, found, skeleton), cv2.COLOR_RGB2BGR))
+            people_in(image, path, frame, K, source, lambda found, image=image: write(found, image))
+        flush()                    # every frame of this video written before the file is closed
     except BaseException:
         if writer is not None:
-            writer.release()
+            try:
+                flush()            # the frames read so far keep their rows; the half video is dropped
+            finally:
+                writer.release()
         tmp.unlink(missing_ok=True)       # nothing half-written
         raise
     if writer is not None:
