@@ -1,0 +1,118 @@
+"""HybrIK-style analytical inverse kinematics for SMPL (issue 12, item 2): joints + twists -> local rotations.
+
+The SMPL kinematic tree (parents below; every parent index is smaller than its children's) poses the rest joints
+J (from the shape β) top-down: G_0 = R_0, G_i = G_parent(i) R_i, p_c = p_i + G_i (J_c - J_i) for each child c.
+Given the posed joints p and the rest joints J, the local rotations are recovered in the same order:
+
+* a joint with one child c: its rest bone t = J_c - J_i must point along q = G_parent(i)ᵀ (p_c - p_i). The
+  *swing* is the smallest rotation taking t̂ to q̂; the rotation about t̂ itself (the *twist* φ_i) is invisible in
+  the joints and comes from the network: R_i = R_swing(t̂ -> q̂) · R_twist(t̂, φ_i) (HybrIK's decomposition);
+* a joint with several children (the pelvis, spine3): the rotation that best maps its rest bones onto the posed
+  ones (Kabsch; exact when the joints come from SMPL);
+* a leaf (feet, head, hands: no child) moves no joint; its rotation is given (``leaf_rotations``) or identity.
+
+Batched, plain torch, float32 or float64 (the dtype of the inputs). :func:`twist_angles` is the inverse
+decomposition: the φ of given local rotations (to make labels, and for the exactness tests).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["SMPL_PARENTS", "SMPL_CHILDREN", "LEAVES", "rotation_between", "axis_angle_rotation", "twist_angles",
+           "kabsch", "solve_rotations", "forward_kinematics"]
+
+SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
+SMPL_CHILDREN = tuple(tuple(c for c in range(24) if SMPL_PARENTS[c] == i) for i in range(24))
+LEAVES = tuple(i for i in range(24) if not SMPL_CHILDREN[i])        # 10, 11, 15, 22, 23
+
+
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros_like(v[..., 0])
+    return torch.stack([torch.stack([z, -v[..., 2], v[..., 1]], -1), torch.stack([v[..., 2], z, -v[..., 0]], -1),
+                        torch.stack([-v[..., 1], v[..., 0], z], -1)], -2)
+
+
+def rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The smallest rotation taking direction a to direction b: (..., 3) x 2 -> (..., 3, 3). Rodrigues about
+    n = (â x b̂) / |â x b̂| by atan2(|â x b̂|, â · b̂), which stays accurate up to the antipode (the axis is known to
+    ~1e-16 / sin(angle)); where â x b̂ vanishes, the identity (parallel) or a half turn about an axis
+    perpendicular to â (antipodal, where any such axis would do)."""
+    a = a / a.norm(dim=-1, keepdim=True)
+    b = b / b.norm(dim=-1, keepdim=True)
+    v = torch.cross(a, b, dim=-1)
+    s, c = v.norm(dim=-1), (a * b).sum(-1)
+    eye = torch.eye(3, dtype=a.dtype, device=a.device).expand(a.shape[:-1] + (3, 3))
+    tiny = s < 1e-12
+    helper = torch.where(a[..., :1].abs() < 0.9, torch.tensor([1.0, 0, 0], dtype=a.dtype, device=a.device),
+                         torch.tensor([0, 1.0, 0], dtype=a.dtype, device=a.device))
+    perp = torch.cross(a, helper, dim=-1)
+    axis = torch.where(tiny[..., None], perp, v)
+    R = axis_angle_rotation(axis, torch.atan2(s, c))
+    R = torch.where((tiny & (c > 0))[..., None, None], eye, R)
+    return torch.where((tiny & (c <= 0))[..., None, None], axis_angle_rotation(perp, torch.full_like(c, torch.pi)), R)
+
+
+def axis_angle_rotation(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rodrigues: rotation by ``angle`` (...) about the direction ``axis`` (..., 3)."""
+    k = axis / axis.norm(dim=-1, keepdim=True)
+    K = _skew(k)
+    s, c = torch.sin(angle)[..., None, None], torch.cos(angle)[..., None, None]
+    eye = torch.eye(3, dtype=k.dtype, device=k.device).expand(K.shape)
+    return eye + s * K + (1 - c) * (K @ K)
+
+
+def twist_angles(R: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
+    """φ of R = R_swing(â -> R â) · R_twist(â, φ): (..., 3, 3) and (..., 3) -> (...), in (-pi, pi]."""
+    tw = rotation_between(axis, (R @ axis[..., None])[..., 0]).transpose(-1, -2) @ R   # R_swing^T R
+    k = axis / axis.norm(dim=-1, keepdim=True)
+    sin = 0.5 * ((tw[..., 2, 1] - tw[..., 1, 2]) * k[..., 0] + (tw[..., 0, 2] - tw[..., 2, 0]) * k[..., 1]
+                 + (tw[..., 1, 0] - tw[..., 0, 1]) * k[..., 2])
+    cos = 0.5 * (tw.diagonal(dim1=-2, dim2=-1).sum(-1) - 1)
+    return torch.atan2(sin, cos)
+
+
+def kabsch(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """The rotation R minimising sum |R src_k - dst_k|^2 (no translation): (..., K, 3) x 2 -> (..., 3, 3)."""
+    H = src.transpose(-1, -2) @ dst
+    U, _, Vh = torch.linalg.svd(H)
+    V = Vh.transpose(-1, -2)
+    d = torch.sign(torch.linalg.det(V @ U.transpose(-1, -2)))
+    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    return V @ D @ U.transpose(-1, -2)
+
+
+def solve_rotations(joints: torch.Tensor, rest: torch.Tensor, twists: torch.Tensor,
+                    leaf_rotations: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Posed joints (B, 24, 3), rest joints (B, 24, 3), twist angles (B, 24) (used for single-child joints) ->
+    local rotations (B, 24, 3, 3); ``leaf_rotations`` {joint: (B, 3, 3)} for the leaves (identity otherwise)."""
+    B = joints.shape[0]
+    eye = torch.eye(3, dtype=joints.dtype, device=joints.device).expand(B, 3, 3)
+    local, glob = [None] * 24, [None] * 24
+    for i in range(24):
+        parent, children = SMPL_PARENTS[i], SMPL_CHILDREN[i]
+        G_parent = eye if parent < 0 else glob[parent]
+        if not children:
+            R = (leaf_rotations or {}).get(i, eye)
+        else:
+            t = torch.stack([rest[:, c] - rest[:, i] for c in children], 1)                      # (B, K, 3)
+            q = torch.stack([joints[:, c] - joints[:, i] for c in children], 1) @ G_parent      # G^T (p_c - p_i)
+            if len(children) == 1:
+                R = rotation_between(t[:, 0], q[:, 0]) @ axis_angle_rotation(t[:, 0], twists[:, i])
+            else:
+                R = kabsch(t, q)
+        local[i], glob[i] = R, G_parent @ R
+    return torch.stack(local, 1)
+
+
+def forward_kinematics(local: torch.Tensor, rest: torch.Tensor, root: torch.Tensor | None = None) -> torch.Tensor:
+    """Local rotations (B, 24, 3, 3) and rest joints (B, 24, 3) -> posed joints (B, 24, 3) (root at ``root`` or at
+    its rest position)."""
+    glob, pos = [None] * 24, [None] * 24
+    for i in range(24):
+        p = SMPL_PARENTS[i]
+        if p < 0:
+            glob[i], pos[i] = local[:, i], rest[:, i] if root is None else root
+        else:
+            glob[i] = glob[p] @ local[:, i]
+            pos[i] = pos[p] + (glob[p] @ (rest[:, i] - rest[:, p])[..., None])[..., 0]
+    return torch.stack(pos, 1)
