@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import InputError
-from pipeline.shard import BuildOptions, Rejected, process_row
+from pipeline.shard import BuildOptions, process_row
 
 from .geometry_torch import joints_from_uvd
 from .shards import heldout_record
