@@ -231,8 +231,17 @@ def read_build_json(path) -> dict:
     from .remote import is_url, read_bytes
     path = path if is_url(path) else Path(path)
     try:
-        info = json.loads(read_bytes(path).decode())
-    except (OSError, ValueError) as e:
+        data = read_bytes(path)
+    except OSError as e:
+        raise InputError(f"{path}: unreadable build.json ({e})") from None
+    return parse_build_json(data, path)
+
+
+def parse_build_json(data: bytes, path) -> dict:
+    """The checks of :func:`read_build_json` on bytes already read (``path`` names them in errors)."""
+    try:
+        info = json.loads(data.decode())
+    except ValueError as e:
         raise InputError(f"{path}: unreadable build.json ({e})") from None
     shards = info.get("shards", []) if isinstance(info, dict) else None
     if not isinstance(info, dict) or not isinstance(info.get("options", {}), dict) or not isinstance(shards, list) \

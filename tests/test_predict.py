@@ -131,7 +131,9 @@ def test_cli_writes_rows_overlays_and_reports_bad_input(tmp_path):
     assert pq.read_table(out / "predictions.parquet").num_rows == 2
     assert (out / "overlays" / "a.png").is_file() and (out / "overlays" / "b.png").is_file()
     assert "c.jpg: not a readable image" in r.output and "box 1" in r.output and "outside the image" in r.output
+    (tmp_path / "s.json").write_text(json.dumps([{"image": "a.jpg", "bbox": [1, 2, 3, 4], "score": "high"}]))
     for args, needle in (([a, "--ckpt", ck, "--out", out], "no boxes"),
+                         ([a, "--ckpt", ck, "--out", out, "--boxes", tmp_path / "s.json"], "numeric 'score'"),
                          ([a, "--ckpt", ck, "--out", out, "--boxes", tmp_path / "c.jpg"], "detections JSON"),
                          ([a, "--ckpt", tmp_path / "c.jpg", "--out", out, "--boxes", boxes], "checkpoint")):
         r = _run(args)
@@ -197,8 +199,12 @@ def test_a_detector_with_random_weights_gives_the_boxes_its_structure_says(tmp_p
     from trainer.detect import detect_people, load_detector
     det = _random_detector(tmp_path / "det.onnx")
     image, _ = load_oriented(_jpeg(tmp_path / "a.jpg"))
-    found = detect_people(load_detector(det), image, person_label=1, min_score=0.5)
+    session = load_detector(det)
+    found = detect_people(session, image, person_label=1, min_score=0.5)
     assert len(found) == 3 and all(len(b) == 4 and b[2] > 0 and b[3] > 0 for b in found)    # labels 1, score >= 0.5
+    raw, _, _ = session.run(None, {"images": image.transpose(2, 0, 1)[None].astype(np.float32) / 255})
+    for b, (x1, y1, x2, y2) in zip(found, raw[[0, 1, 3]]):   # pixel edges -> our pixel centres: -0.5, sizes kept
+        np.testing.assert_allclose(b, [x1 - 0.5, y1 - 0.5, x2 - x1, y2 - y1], rtol=0, atol=1e-4)
     assert len(detect_people(load_detector(det), image, person_label=0, min_score=0.5)) == 1
     ck = _ckpt(tmp_path)
     out = tmp_path / "out"

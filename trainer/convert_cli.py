@@ -41,23 +41,14 @@ def official(ckpt: Path, out_path: Path) -> None:
     """An official PersPose checkpoint (ckpt_3dpw_16epochs.pth, ckpt_w_be_3dhp_35epochs.pth: {'model': ...},
     optionally with 'module.' prefixes, or a plain state dict) -> a perspose checkpoint predicting the 24 SMPL
     joints, as the official network does."""
-    import torch
-
     from pipeline.fsutil import sha256_file
     from pipeline.report import print_table
 
-    from .checkpoint import save_checkpoint
+    from .checkpoint import load_checkpoint, save_checkpoint
     from .configtools import config_to_dict
     from .convert import convert_official, official_state_dict
 
-    if not ckpt.is_file():
-        raise InputError(f"{ckpt}: checkpoint not found")
-    try:
-        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise InputError(f"{ckpt}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}: {first})") \
-            from None
+    obj = load_checkpoint(ckpt)   # weights_only=True; a missing or unreadable file is a one-line error
     sd = official_state_dict(obj, ckpt)
     ours, cfg, extra, notes = convert_official(sd, ckpt)
     source = {"file": ckpt.name, "sha256": sha256_file(ckpt), "layout": "official PersPose (KenAdamsJoseph/PersPose)",

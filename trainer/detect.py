@@ -1,9 +1,11 @@
 """Person boxes from a detector the user points to (``perspose-predict --detector-weights FILE.onnx``).
 
 The detector runs in onnxruntime (the optional ``detect`` extra: ``pip install -e '.[detect]'``), so any
-maintained detector exported to ONNX serves, with the weights the user has: torchvision's detection models
-(``torch.onnx.export`` of e.g. ``fasterrcnn_resnet50_fpn_v2``, person label 1) have this interface directly, others
-(YOLO-family exports, person label 0) after a thin wrapper. Weights are never downloaded.
+maintained detector exported to ONNX serves, with the weights the user has, once it is wrapped to the interface
+below before export (a few lines: torchvision's detection models take a list of (3, H, W) images and return
+boxes, labels, scores; COCO person label 1 there, 0 in YOLO-family exports). Outputs are matched by name when
+they are named ``boxes``, ``scores``, ``labels``. Weights are never downloaded. (Only a random-weight detector of
+this interface was run here: torchvision cannot be installed beside this project's torch.)
 
 Interface: one input, a float32 RGB image (1, 3, H, W) in [0, 1]; outputs ``boxes`` (N, 4) as x1 y1 x2 y2 in the
 input's pixels, ``scores`` (N,), ``labels`` (N,) integers (by name when the model names them so, else in this

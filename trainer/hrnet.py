@@ -296,7 +296,8 @@ def load_pose_hrnet_weights(model: nn.Module, path) -> LoadReport:
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path}: not a state dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    if "hm_layer.weight" in state and "backbone.conv1.weight" in state:
+    from .convert import looks_official   # (convert imports the model, which imports this module)
+    if looks_official(state):
         raise InputError(f"{path}: this is an official PersPose checkpoint, not MSRA pose_hrnet weights; convert it "
                          f"(perspose-convert official {path.name} --out OURS.pt) and start from it with --init OURS.pt")
 

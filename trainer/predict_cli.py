@@ -43,9 +43,10 @@ def read_boxes(path: Path, min_score: float) -> dict[tuple[str, int], list[list[
     for i, d in enumerate(doc):
         box = d.get("bbox") if isinstance(d, dict) else None
         if not (isinstance(d, dict) and isinstance(d.get("image"), str) and isinstance(box, list) and len(box) == 4
-                and all(isinstance(v, (int, float)) for v in box) and isinstance(d.get("frame", 0), int)):
-            raise InputError(f"{path}: detection {i} needs 'image' (a name), 'bbox' [x, y, w, h] and for videos an "
-                             f"integer 'frame', got {d!r}")
+                and all(isinstance(v, (int, float)) for v in box) and isinstance(d.get("frame", 0), int)
+                and isinstance(d.get("score", 1.0), (int, float))):
+            raise InputError(f"{path}: detection {i} needs 'image' (a name), 'bbox' [x, y, w, h], a numeric 'score' "
+                             f"(optional) and for videos an integer 'frame', got {d!r}")
         if float(d.get("score", 1.0)) >= min_score:
             out.setdefault((Path(d["image"]).name, int(d.get("frame", 0))), []).append([float(v) for v in box])
     return out

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import InputError
-from pipeline.remote import is_url, url_join
-from pipeline.shard import decode_sample, read_build_json
+from pipeline.remote import is_url, read_bytes, url_join
+from pipeline.shard import decode_sample, parse_build_json, read_build_json
 from pipeline.shardspec import shard_groups
 from pipeline.skeleton import get_skeleton
 from pipeline.tario import count_samples, iter_tar
@@ -83,11 +83,10 @@ def _build_info(directory) -> tuple[dict | None, object]:
     if is_url(directory):
         where = url_join(directory, "build.json")
         try:
-            return read_build_json(where), where
-        except InputError as e:
-            if "format_version" in str(e) or "not a perspose build.json" in str(e):
-                raise
+            data = read_bytes(where)
+        except OSError:        # none there: counts come from the tars; a malformed one is still an error
             return None, where
+        return parse_build_json(data, where), where
     where = Path(directory) / "build.json"
     return (read_build_json(where) if where.is_file() else None), where
 
