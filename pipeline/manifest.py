@@ -34,6 +34,8 @@ SMPL_TYPE = pa.struct([
     ("pose", pa.list_(pa.float32())),      # 72 axis-angle values, root orientation in the camera frame
     ("transl", pa.list_(pa.float32())),    # 3, camera frame, metres
     ("gender", pa.string()),               # 'male' | 'female' | 'neutral'
+    ("twist", pa.list_(pa.float32())),     # 23 twist angles (rad) of the bones parent(c) -> c, c = 1..23, about
+                                           # their rest direction (pipeline.ik.bone_twists); NaN = undefined
 ])
 
 SCHEMA = pa.schema([
@@ -75,7 +77,8 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
             if isinstance(v, np.ndarray):
                 v = v.reshape(-1).tolist()
             elif f.name == "smpl" and v is not None:
-                v = {k: (np.asarray(x).reshape(-1).tolist() if k != "gender" else x) for k, x in v.items()}
+                v = {k: (np.asarray(x).reshape(-1).tolist() if k != "gender" and x is not None else x)
+                     for k, x in v.items()}
             cols[f.name].append(v)
     if "dist" in cols:
         cols["dist"] = [[] if v is None else v for v in cols["dist"]]
@@ -195,12 +198,28 @@ def read_manifest(path) -> tuple[pa.Table, dict]:
             table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
     raw = (table.schema.metadata or {}).get(b"perspose")
     meta = json.loads(raw) if raw else {}
+    table = _complete_smpl_struct(table)
     try:
         table = table.select([f.name for f in SCHEMA]).cast(SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:  # a column of the wrong type
         raise InputError(f"{path}: not a manifest, column types do not match the schema "
                          f"({str(e).splitlines()[0]})") from None
     return table, meta
+
+
+def _complete_smpl_struct(table: pa.Table) -> pa.Table:
+    """Manifests written before a field joined the ``smpl`` struct (``twist``) read with that field null."""
+    col = table.column("smpl")
+    typ = col.type
+    if not pa.types.is_struct(typ) or {typ.field(i).name for i in range(typ.num_fields)} >= set(SMPL_TYPE.names):
+        return table
+    chunks = []
+    for chunk in col.chunks:
+        have = {typ.field(i).name: chunk.field(i) for i in range(typ.num_fields)}
+        fields = [have.get(f.name, pa.nulls(len(chunk), f.type)) for f in SMPL_TYPE]
+        chunks.append(pa.StructArray.from_arrays(fields, fields=list(SMPL_TYPE), mask=chunk.is_null()))
+    return table.set_column(table.schema.get_field_index("smpl"), pa.field("smpl", SMPL_TYPE),
+                            pa.chunked_array(chunks, SMPL_TYPE))
 
 
 def image_root_of(meta: dict, manifest_path) -> Path:

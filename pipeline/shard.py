@@ -160,13 +160,15 @@ def process_row(row: dict, image: np.ndarray, opts: BuildOptions) -> dict:
         raise Rejected("non-finite label after cropping")
     smpl = row.get("smpl")
     if smpl:
-        for k in ("betas", "pose", "transl"):
+        for k in ("betas", "pose", "transl", "twist"):
             if smpl.get(k) is not None:
                 arrays[f"smpl_{k}"] = np.asarray(smpl[k], np.float32)
     meta = {"sample_id": row["sample_id"], "dataset": row["dataset"], "split": row["split"],
             "sequence": row["sequence"], "frame": int(row["frame"]), "person": int(row["person"]),
             "skeleton": sk.name, "has_3d": joints_cam is not None, "has_intrinsics": has_k,
             "crop_size": S, "store_size": Ss, "pr": pr, "image_path": row["image_path"]}
+    if smpl and smpl.get("gender"):
+        meta["smpl_gender"] = str(smpl["gender"])
     return {"key": sample_key(row["sample_id"]), "image": crop, "arrays": arrays, "meta": meta}
 
 

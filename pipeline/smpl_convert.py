@@ -10,7 +10,7 @@ code named by the pickle is imported or run.
 The ``.npz`` holds exactly what ``smplx.SMPL`` reads from its data struct: ``v_template`` (V,3), ``shapedirs``
 (V,3,B), ``posedirs`` (V,3,207), ``J_regressor`` (24,V) dense, ``weights`` (V,24), ``kintree_table`` (2,24),
 ``f`` (F,3). Note: smplx 0.1.28's ``SMPL`` class ignores ``ext`` and always ``pickle.load``s its file, so load the
-npz with :func:`pipeline.adapters.body_model.smpl_layer` (which hands smplx the arrays directly), or with
+npz with :func:`pipeline.body_model.smpl_layer` (which hands smplx the arrays directly), or with
 ``smplx.SMPL(model_path=..., data_struct=smplx.utils.Struct(**np.load(path)))``.
 """
 from __future__ import annotations

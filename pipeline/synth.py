@@ -11,7 +11,10 @@ them, and train/val/test draw different streams. Labels are exact by constructio
   (self-occlusion does not clear it; ``meta.occluded`` flags joints hidden behind another body part);
 * ``bbox``: the exact tight box of the body volumes' silhouette, in continuous pixel coordinates and *not*
   clipped to the image (people may stand partly outside the frame);
-* ``K`` exact (fx and fy differ slightly, principal point near the centre), ``dist`` empty.
+* ``K`` exact (fx and fy differ slightly, principal point near the centre), ``dist`` empty;
+* ``smpl``: the person as the synthetic SMPL-format body model (pipeline/synth_model.py, the ``synthetic`` body
+  model of perspose-eval): betas, pose (axis-angle, root in the camera frame), transl, twist. Its mesh is the
+  rendered surface: ``SMPL(betas, pose, transl)`` vertices lie on the drawn capsules and ellipsoids.
 
 Frames are independent images; ``sequence`` (``seq{k:03d}``) only groups ``frames_per_sequence`` of them.
 """
@@ -30,7 +33,8 @@ from .codec import encode_jpeg
 from .errors import InputError
 from .geometry import intrinsics, project
 from .manifest import make_sample_id
-from .synth_body import body_primitives, contains, forward_kinematics, root_rotation, sample_body, sample_pose
+from .synth_body import (body_primitives, contains, forward_kinematics, root_rotation, sample_body, sample_pose,
+                         smpl_labels)
 from .synth_render import Capsule, Ellipsoid, body_extent, finish_image, render_background, render_primitives
 
 log = logging.getLogger(__name__)
@@ -39,7 +43,8 @@ __all__ = ["SynthConfig", "Camera", "Person", "SPLITS", "DEFAULT_IMAGE_SIZES", "
            "sample_camera", "sample_person", "render_image", "synth_sample", "write_chunk", "fov_horizontal",
            "generate", "manifest_rows", "sample_location"]
 
-SYNTH_VERSION = "2"  # 2: clothing, face, shoes, left/right cues, occluders, hemisphere shading
+SYNTH_VERSION = "3"  # 2: clothing, face, shoes, left/right cues, occluders, hemisphere shading; 3: bodies of the
+                     # SMPL-format synthetic body model, with SMPL labels (betas, pose, transl, twist)
 SKELETON = "smpl24"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_IMAGE_SIZES = ((640, 480), (480, 640), (800, 600), (600, 800), (512, 512), (960, 540), (540, 960),
@@ -75,6 +80,7 @@ class Person:
     prims: list
     bbox: np.ndarray          # x, y, w, h (continuous pixels, unclipped)
     height: float
+    smpl: dict | None = None  # SMPL-format labels of the synthetic body model (synth_body.smpl_labels)
 
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -140,7 +146,7 @@ def sample_person(rng: np.random.Generator, cam: Camera, cfg: SynthConfig, part_
         if (max(bbox[2], bbox[3]) < cfg.min_box_side or _in_image(uv, W, H).sum() < cfg.min_visible_joints
                 or _box_overlap_fraction(bbox, W, H) < cfg.min_box_inside - 1e-9):
             continue
-        return Person(joints, prims, bbox, body.height)
+        return Person(joints, prims, bbox, body.height, smpl_labels(body, local, root_rot, root))
     return None
 
 
@@ -222,7 +228,7 @@ def synth_sample(seed: int, split: str, index: int, cfg: SynthConfig, finish: bo
         inside = _in_image(uv, cam.width, cam.height)
         labels.append({"joints_cam": person.joints, "joints_2d": uv, "joints_vis": inside.astype(np.uint8),
                        "bbox": person.bbox, "occluded": _occluded(person, uv, inside, part),
-                       "height": person.height})
+                       "height": person.height, "smpl": person.smpl})
     return {"camera": cam, "persons": persons, "image": img, "part": part, "depth": depth, "background": kind,
             "labels": labels, "occluders": occluders}
 
@@ -248,7 +254,7 @@ def manifest_rows(sample: dict, split: str, index: int, cfg: SynthConfig) -> lis
             "skeleton": SKELETON, "joints_cam": lab["joints_cam"].astype(np.float32).reshape(-1).tolist(),
             "joints_2d": lab["joints_2d"].astype(np.float32).reshape(-1).tolist(),
             "joints_vis": lab["joints_vis"].tolist(),
-            "smpl": None, "meta": json.dumps(meta, sort_keys=True, separators=(",", ":")),
+            "smpl": lab["smpl"], "meta": json.dumps(meta, sort_keys=True, separators=(",", ":")),
         })
     return rows
 

@@ -1,5 +1,5 @@
-"""Articulated SMPL-order bodies for ``synth``: shape (bone lengths, girth), pose (joint-angle limits), forward
-kinematics and the body volumes (capsules and ellipsoids) that are rendered.
+"""Articulated SMPL-24 bodies for ``synth``: shape (β of the synthetic SMPL-format body model, pipeline.synth_model),
+pose (joint-angle limits), forward kinematics and the body volumes (capsules and ellipsoids) that are rendered.
 
 Body frame (as SMPL's template): x = the person's left, y = up, z = the direction the person faces. A joint's
 local rotation turns the bones to its children (SMPL convention); ``G[j] = G[parent] @ R_local[j]`` and
@@ -13,42 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .skeleton import get_skeleton
+from .synth_model import (CAPSULES, ELLIPSOIDS, NUM_BETAS, body_shape, load_shape_model, rest_height)
 from .synth_look import FACE_DIRECTIONS, STRAP_NORMAL, WATCH_BAND, Band, Look, Slab, Spot, Stripes, sample_look
 from .synth_render import Capsule, Ellipsoid
 
 __all__ = ["Body", "sample_body", "sample_pose", "root_rotation", "forward_kinematics", "body_primitives",
-           "rest_height", "contains"]
+           "rest_height", "contains", "smpl_labels"]
 
 _SK = get_skeleton("smpl24")
 PARENTS = np.array(_SK.parents)
-
-# child - parent offsets in the body frame, metres, for a template about 1.76 m tall in a T-pose
-_REST_OFFSETS = np.array([
-    [0.0, 0.0, 0.0],          # 0 pelvis
-    [0.06, -0.09, 0.0],       # 1 l_hip
-    [-0.06, -0.09, 0.0],      # 2 r_hip
-    [0.0, 0.11, -0.02],       # 3 spine1
-    [0.035, -0.38, 0.005],    # 4 l_knee
-    [-0.035, -0.38, 0.005],   # 5 r_knee
-    [0.0, 0.135, 0.01],       # 6 spine2
-    [-0.01, -0.40, -0.04],    # 7 l_ankle
-    [0.01, -0.40, -0.04],     # 8 r_ankle
-    [0.0, 0.055, 0.0],        # 9 spine3
-    [0.02, -0.055, 0.12],     # 10 l_foot
-    [-0.02, -0.055, 0.12],    # 11 r_foot
-    [0.0, 0.215, -0.03],      # 12 neck
-    [0.075, 0.12, -0.01],     # 13 l_collar
-    [-0.075, 0.12, -0.01],    # 14 r_collar
-    [0.0, 0.09, 0.05],        # 15 head
-    [0.10, 0.03, -0.01],      # 16 l_shoulder
-    [-0.10, 0.03, -0.01],     # 17 r_shoulder
-    [0.26, -0.01, -0.02],     # 18 l_elbow
-    [-0.26, -0.01, -0.02],    # 19 r_elbow
-    [0.25, 0.01, 0.0],        # 20 l_wrist
-    [-0.25, 0.01, 0.0],       # 21 r_wrist
-    [0.085, -0.01, -0.01],    # 22 l_hand
-    [-0.085, -0.01, -0.01],   # 23 r_hand
-])
 
 # Joint limits in degrees about the body-frame axes (x: flex, y: twist/swing, z: abduct): (lo, hi, neutral)
 # per axis, and the order the three rotations are composed in (applied right to left to the child bones).
@@ -76,70 +49,42 @@ _LIMITS = {
     21: ("yzx", (-40, 40, 0), (-30, 30, 0), (-30, 30, 0)),        # r_wrist
 }
 
-# Body volumes. Capsules: (name, joint a, joint b, radius, colour group). Ellipsoids: (name, joint whose frame
-# and position they follow, centre offset, radii, colour group). Template metres, scaled per person. Every joint
-# lies inside at least one volume, so its projection always hits the body.
-_CAPSULES = (
-    ("neck", 12, 15, 0.055, "skin"),
-    ("l_shoulder", 13, 16, 0.056, "shirt"), ("r_shoulder", 14, 17, 0.056, "shirt"),
-    ("l_upper_arm", 16, 18, 0.05, "sleeve"), ("r_upper_arm", 17, 19, 0.05, "sleeve"),
-    ("l_forearm", 18, 20, 0.04, "forearm"), ("r_forearm", 19, 21, 0.04, "forearm"),
-    ("l_hand", 20, 22, 0.036, "skin"), ("r_hand", 21, 23, 0.036, "skin"),
-    ("l_thigh", 1, 4, 0.075, "pants"), ("r_thigh", 2, 5, 0.075, "pants"),
-    ("l_shin", 4, 7, 0.052, "shin"), ("r_shin", 5, 8, 0.052, "shin"),
-    ("l_foot", 7, 10, 0.042, "shoes"), ("r_foot", 8, 11, 0.042, "shoes"),
-)
-_ELLIPSOIDS = (
-    ("pelvis", 0, (0.0, -0.01, 0.0), (0.165, 0.12, 0.11), "pants"),
-    ("abdomen", 3, (0.0, 0.07, 0.0), (0.145, 0.14, 0.10), "shirt"),
-    ("chest", 9, (0.0, 0.05, -0.01), (0.175, 0.19, 0.115), "shirt"),
-    ("head", 15, (0.0, 0.075, 0.02), (0.082, 0.112, 0.098), "skin"),
-    ("hair", 15, (0.0, 0.09, -0.015), (0.088, 0.105, 0.098), "hair"),
-)
+# Body volumes (pipeline.synth_model): capsules (name, joint a, joint b, radius, colour group) and ellipsoids (name,
+# joint whose frame and position they follow, centre offset, radii, colour group), template metres; each person's
+# sizes come from their shape coefficients β. Every joint lies inside at least one volume, so its projection
+# always hits the body.
+_CAPSULES, _ELLIPSOIDS = CAPSULES, ELLIPSOIDS
 
 
 @dataclass(frozen=True)
 class Body:
-    """A person's shape and look: bone offsets (24, 3) and volume sizes in metres, clothing and cues."""
+    """A person's shape and look: SMPL-format shape coefficients β (10,) of the synthetic body model, the rest
+    joints and bone offsets (24, 3) and volume sizes they give (metres), clothing and cues."""
     offsets: np.ndarray
     capsule_radii: np.ndarray          # (len(_CAPSULES),)
     ellipsoid_radii: np.ndarray        # (len(_ELLIPSOIDS), 3)
     ellipsoid_offsets: np.ndarray      # (len(_ELLIPSOIDS), 3)
     look: Look
     height: float
-
-
-def rest_height(offsets, capsule_radii, ellipsoid_radii, ellipsoid_offsets) -> float:
-    """Standing height of the T-pose body: top of the head volume to the bottom of the feet."""
-    P = np.zeros((24, 3))
-    for j in range(1, 24):
-        P[j] = P[PARENTS[j]] + offsets[j]
-    lo, hi = np.inf, -np.inf
-    for (_, a, b, _, _), r in zip(_CAPSULES, capsule_radii):
-        lo, hi = min(lo, P[a, 1] - r, P[b, 1] - r), max(hi, P[a, 1] + r, P[b, 1] + r)
-    for (_, j, _, _, _), r, off in zip(_ELLIPSOIDS, ellipsoid_radii, ellipsoid_offsets):
-        lo, hi = min(lo, P[j, 1] + off[1] - r[1]), max(hi, P[j, 1] + off[1] + r[1])
-    return float(hi - lo)
+    betas: np.ndarray                  # (10,)
+    rest_joints: np.ndarray            # (24, 3) T-pose joints, pelvis at the origin
 
 
 def sample_body(rng: np.random.Generator, height_range=(1.5, 2.0)) -> Body:
-    """Random proportions (per limb group and bone, left/right symmetric), girth, and an exact standing height
-    drawn uniformly from ``height_range`` (metres)."""
-    offsets = _REST_OFFSETS.copy()
-    groups = {"legs": (4, 5, 7, 8), "arms": (18, 19, 20, 21), "torso": (3, 6, 9, 12)}
-    for joints in groups.values():
-        offsets[list(joints)] *= rng.uniform(0.92, 1.08)
-    for left in (1, 4, 7, 10, 13, 16, 18, 20, 22):      # per bone, the same on both sides
-        offsets[[left, left + 1]] *= rng.uniform(0.97, 1.03)
-    girth = rng.uniform(0.85, 1.2)
-    cap_r = np.array([c[3] for c in _CAPSULES]) * girth * rng.uniform(0.92, 1.08, len(_CAPSULES))
-    ell_r = np.array([e[3] for e in _ELLIPSOIDS]) * girth
-    ell_r[:3, 0] *= rng.uniform(0.9, 1.15)               # shoulder/hip width
-    ell_r[3:] = np.array([e[3] for e in _ELLIPSOIDS[3:]]) * rng.uniform(0.92, 1.08)  # heads vary less
-    ell_off = np.array([e[2] for e in _ELLIPSOIDS])
-    height = rng.uniform(*height_range)
-    s = height / rest_height(offsets, cap_r, ell_r, ell_off)
-    return Body(offsets * s, cap_r * s, ell_r * s, ell_off * s, sample_look(rng), float(height))
+    """β ~ N(0, 1) in the synthetic body model's shape space (pipeline.synth_model: size, girth, limb and torso
+    lengths, shoulder and hip width, head size, two random patterns), redrawn until the standing height lies in
+    ``height_range`` (metres; about 1.75 +- 0.12 m before the cut)."""
+    model = load_shape_model()
+    for _ in range(1000):
+        betas = rng.standard_normal(NUM_BETAS)
+        shape = body_shape(model, betas)
+        height = rest_height(shape.offsets, shape.capsule_radii, shape.ell_radii, shape.ell_offsets)
+        if height_range[0] <= height <= height_range[1]:
+            break
+    else:
+        raise ValueError(f"no body of the synthetic shape space has a height in {height_range} m")
+    return Body(shape.offsets, shape.capsule_radii, shape.ell_radii, shape.ell_offsets, sample_look(rng),
+                float(height), betas, shape.joints)
 
 
 def _axis_rotation(axis: str, deg) -> np.ndarray:
@@ -196,6 +141,23 @@ def forward_kinematics(offsets, local_rot, root_rot, root_pos):
         P[j] = P[p] + G[p] @ offsets[j]
         G[j] = G[p] @ local_rot[j]
     return P, G
+
+
+def smpl_labels(body: Body, local_rot, root_rot, root_pos) -> dict:
+    """The SMPL-format labels of a posed synthetic person (the manifest's ``smpl`` struct): betas (10), pose (72:
+    axis-angle of the global orientation in the camera frame, then the 23 local rotations), transl (the root
+    joint minus the rest pelvis, camera frame), gender 'neutral' (the one synthetic model), twist (23: each bone's
+    twist about its rest direction, NaN for the pelvis's three child bones: pipeline.ik.twist_labels)."""
+    import cv2
+    import torch
+
+    from .ik import twist_labels
+    rots = np.asarray(local_rot, np.float64).copy()
+    rots[0] = np.asarray(root_rot) @ rots[0]
+    pose = np.concatenate([cv2.Rodrigues(r)[0][:, 0] for r in rots])
+    twist = twist_labels(torch.from_numpy(rots[None]), torch.from_numpy(body.rest_joints[None]))[0].numpy()
+    return {"betas": body.betas.copy(), "pose": pose, "transl": np.asarray(root_pos, np.float64) - body.rest_joints[0],
+            "gender": "neutral", "twist": twist}
 
 
 def _part_look(name: str, group: str, look: Look, torso_frame) -> tuple[np.ndarray, tuple]:

@@ -54,7 +54,9 @@ def check_sample(s: dict) -> list[str]:
     Ss = int(m.get("store_size", -1))
     if s["image"].shape != (Ss, Ss, 3):
         errs.append(f"image {s['image'].shape} is not store_size {Ss}x{Ss}x3")
-    bad = [k for k, v in a.items() if np.issubdtype(v.dtype, np.number) and not np.all(np.isfinite(v))]
+    # NaN in smpl_twist marks an undefined twist label (pipeline/ik.py:twist_labels), not damage
+    bad = [k for k, v in a.items() if np.issubdtype(v.dtype, np.number) and k != "smpl_twist"
+           and not np.all(np.isfinite(v))]
     if bad:
         return errs + [f"non-finite values in {', '.join(sorted(bad))}"]
     R, K, Ko, H = (a[k].astype(np.float64) for k in ("R", "K_crop", "K_orig", "H"))

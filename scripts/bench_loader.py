@@ -44,6 +44,7 @@ from pipeline.skeleton import get_skeleton, joint_slices
 from trainer.augment import AugmentConfig, augmentation_homography, sample_geometric
 from trainer.batch import collate
 from trainer.data import DataSource, LoaderConfig, make_train_loader
+from trainer.hps_labels import empty_hps_labels
 from trainer.photometric import cutout, photometric
 
 REAL = Path(os.environ.get("PERSPOSE_REAL_FIXTURES")
@@ -158,7 +159,7 @@ def on_the_fly_record(jpg: bytes, row: dict, sample: dict, crop: int, aug: Augme
     return {"image": out, "K_crop": K_final.astype(np.float32), "R": R_aug @ R, "uvd": full, "joints": full,
             "mask_uv": m, "mask_d": m, "scale": np.float32(scale), "has_3d": True, "has_intrinsics": True,
             "flipped": params.flip, "dataset": "bench", "sample_id": row["sample_id"], "skeleton": "h36m17",
-            "meta": {}}
+            "meta": {}, **empty_hps_labels()}
 
 
 def _per_call_ms(fn, n: int) -> float:

@@ -154,7 +154,7 @@ def smpl_dir(tmp_path_factory):
 
 
 def test_3dpw_with_body_model_mesh_box_and_h36m17_rows(tmp_path, smpl_dir):
-    from pipeline.adapters.body_model import load_smpl
+    from pipeline.body_model import load_smpl
     d = make_3dpw(tmp_path / "3dpw")
     out = tmp_path / "m.parquet"
     res = _run(tmp_path / "3dpw", out, "--smpl-dir", str(smpl_dir), "--regressor",

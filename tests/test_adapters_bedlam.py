@@ -71,7 +71,7 @@ def test_bedlam_split_index_and_safe_npz(tmp_path):
 
 
 def test_bedlam_joints_interval_persons_and_transl(tmp_path, smpl_dir):
-    from pipeline.adapters.body_model import load_smpl
+    from pipeline.body_model import load_smpl
     d, K = make_scene(tmp_path, NORMAL, False, 1)
     out = tmp_path / "m.parquet"
     res = CliRunner().invoke(main, ["manifest", "bedlam", "--root", str(tmp_path), "--split", "train",
@@ -93,7 +93,7 @@ def test_bedlam_joints_interval_persons_and_transl(tmp_path, smpl_dir):
 
 
 def test_bedlam_closeup_dot_lands_at_projection_on_disk(tmp_path, smpl_dir):
-    from pipeline.adapters.body_model import load_smpl
+    from pipeline.body_model import load_smpl
     d, K = make_scene(tmp_path, CLOSEUP, True, 2)
     model = load_smpl(smpl_dir, "neutral", num_betas=11)
     i, joint = 4, 15  # frame 3 is npz row 4 (frame 0 has two people)

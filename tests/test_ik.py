@@ -1,4 +1,4 @@
-"""trainer/ik.py (issue 12, item 2): random SMPL poses and shapes -> joints and true twists -> IK -> the same
+"""pipeline/ik.py (issue 12, item 2): random SMPL poses and shapes -> joints and true twists -> IK -> the same
 local rotations (<= 1e-6 rad, float64) and the same vertices (<= 1e-6 m), including poses at the swing's
 singularities (no swing, an almost antipodal swing); float32 to 1e-3 rad."""
 from __future__ import annotations
@@ -10,13 +10,16 @@ import pytest
 import torch
 
 from fake_smpl import write_model_npz
-from pipeline.adapters.body_model import SmplModel
-from trainer.ik import (LEAVES, SMPL_CHILDREN, axis_angle_rotation, forward_kinematics, rotation_between,
+from pipeline.body_model import SmplModel, find_model_file
+from pipeline.ik import (LEAVES, SMPL_CHILDREN, axis_angle_rotation, forward_kinematics, rotation_between,
                         solve_rotations, twist_angles)
 
 
-@pytest.fixture(scope="module")
-def smpl(tmp_path_factory):
+@pytest.fixture(scope="module", params=["random", "synthetic"])
+def smpl(request, tmp_path_factory):
+    """A random full-size SMPL-structured model, and the toolkit's shipped synthetic body model."""
+    if request.param == "synthetic":
+        return SmplModel(find_model_file("synthetic"), num_betas=10)
     path = tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.npz"
     write_model_npz(path, seed=3, num_betas=10)
     return SmplModel(path, num_betas=10)

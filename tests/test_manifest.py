@@ -140,6 +140,21 @@ def test_read_manifest_fills_missing_optional_columns(tmp_path):
     assert table.column("joints_2d").to_pylist() == [None] and table.column("smpl").null_count == 1
 
 
+def test_manifest_written_before_the_twist_field_reads_with_twist_null(tmp_path):
+    old_smpl = pa.struct([("betas", pa.list_(pa.float32())), ("pose", pa.list_(pa.float32())),
+                          ("transl", pa.list_(pa.float32())), ("gender", pa.string())])
+    rows = [good_row(1, 0), good_row(2, 0)]
+    rows[0]["smpl"] = {"betas": [0.5] * 10, "pose": [0.0] * 72, "transl": [0.0, 0.0, 4.0], "gender": "male"}
+    fields = [pa.field("smpl", old_smpl) if f.name == "smpl" else f for f in SCHEMA]
+    t = pa.Table.from_pylist([{f.name: r.get(f.name) for f in fields} for r in rows], schema=pa.schema(fields))
+    pq.write_table(t, tmp_path / "old.parquet")
+    table, _ = read_manifest(tmp_path / "old.parquet")
+    assert table.schema.equals(SCHEMA)
+    got = table.column("smpl").to_pylist()
+    assert got[0]["gender"] == "male" and got[0]["betas"] == [0.5] * 10 and got[0]["twist"] is None
+    assert got[1] is None
+
+
 def test_read_manifest_errors_name_the_file(tmp_path):
     missing = tmp_path / "missing.parquet"
     with pytest.raises(InputError, match=r"missing\.parquet.*not found"):

@@ -104,7 +104,7 @@ def test_smpl_convert_roundtrip_chumpy_pickle_to_npz_loaded_by_smplx(tmp_path):
     assert tuple(o.vertices.shape) == (2, 6890, 3) and tuple(o.joints.shape[:2]) == (2, 45)
     np.testing.assert_allclose(o.vertices[0].detach().numpy(), model["v_template"], atol=1e-5)
     # the toolkit's own wrapper (float64, any beta count)
-    from pipeline.adapters.body_model import load_smpl
+    from pipeline.body_model import load_smpl
     m = load_smpl(out, "neutral", num_betas=10)
     r = m(np.zeros((3, 10)), np.zeros((3, 72)), np.tile([0.0, 0.0, 3.0], (3, 1)))
     assert r.vertices.shape == (3, 6890, 3) and r.joints.shape == (3, 24, 3)

@@ -13,6 +13,8 @@ Batch contract (a dict; B samples, J = joints of the configured skeletons concat
 * ``mask_d``         torch.float32 (B, J) own joints of 3D samples
 * ``scale``          torch.float32 (B,) z''_root / f_final (m/px); 0 for 2D-only
 * ``has_3d``, ``has_intrinsics``, ``flipped``  torch.bool (B,)
+* ``betas`` (B, 10), ``twist`` (B, 23, 2), ``twist_mask`` (B, 23), ``leaf_rot`` (B, 5, 3, 3) torch.float32 and
+  ``has_smpl`` torch.bool (B,): the HPS labels (:mod:`trainer.hps_labels`; zeros where has_smpl is False)
 * ``dataset``, ``sample_id``, ``skeleton``     list[str];  ``meta`` list[dict] (the shard json)
 """
 from __future__ import annotations
@@ -35,6 +37,9 @@ def collate(records: list[dict]) -> dict:
             "has_3d": torch.tensor([r["has_3d"] for r in records]),
             "has_intrinsics": torch.tensor([r["has_intrinsics"] for r in records]),
             "flipped": torch.tensor([r["flipped"] for r in records]),
+            "betas": stack("betas", np.float32), "twist": stack("twist", np.float32),
+            "twist_mask": stack("twist_mask", np.float32), "leaf_rot": stack("leaf_rot", np.float32),
+            "has_smpl": torch.tensor([r["has_smpl"] for r in records]),
             "dataset": [r["dataset"] for r in records], "sample_id": [r["sample_id"] for r in records],
             "skeleton": [r["skeleton"] for r in records], "meta": [r["meta"] for r in records]}
 
@@ -44,7 +49,9 @@ def collate(records: list[dict]) -> dict:
 # float64 tensor (exact for float32, float64 and bool) and ShardLoader unpacks it into the batch contract.
 _SMALL = (("K_crop", torch.float32), ("R", torch.float64), ("uvd", torch.float32), ("joints", torch.float32),
           ("mask_uv", torch.float32), ("mask_d", torch.float32), ("scale", torch.float32), ("has_3d", torch.bool),
-          ("has_intrinsics", torch.bool), ("flipped", torch.bool))
+          ("has_intrinsics", torch.bool), ("flipped", torch.bool), ("betas", torch.float32),
+          ("twist", torch.float32), ("twist_mask", torch.float32), ("leaf_rot", torch.float32),
+          ("has_smpl", torch.bool))
 
 
 def pack_batch(batch: dict) -> dict:

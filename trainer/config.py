@@ -137,7 +137,7 @@ def preset_path(name_or_path) -> Path:
     packaged = Path(str(resources.files("trainer") / "configs" / f"{name_or_path}.yaml"))
     if packaged.is_file():
         return packaged
-    raise InputError(f"{name_or_path}: no such config file or preset (presets: paper, demo)")
+    raise InputError(f"{name_or_path}: no such config file or preset (presets: paper, demo, demo_hps)")
 
 
 def config_from_dict(data: dict) -> TrainConfig:

@@ -32,6 +32,7 @@ from pipeline.tario import tar_samples
 
 from .augment import AugmentConfig, augment_sample
 from .batch import collate, in_worker, pack_batch, unpack_batch
+from .hps_labels import flip_hps_labels, hps_labels
 from .shards import ShardSet, resolve_shards
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,14 @@ def sample_to_record(raw: dict, crop_size: int, layout: dict, aug: AugmentConfig
     mask_uv[sl] = out["vis"] > 0  # joints outside the crop are the loss's business (loss.uv_inside_crop_only)
     has_3d = bool(meta["has_3d"])
     mask_d[sl] = float(has_3d)
+    hps = hps_labels(s["arrays"])
+    if out["flipped"]:
+        hps = flip_hps_labels(hps)
     return {"image": out["image"], "K_crop": out["K_crop"].astype(np.float32), "R": out["R"], "uvd": uvd,
             "joints": joints, "mask_uv": mask_uv, "mask_d": mask_d, "scale": np.float32(out["scale"]),
             "has_3d": has_3d, "has_intrinsics": bool(meta["has_intrinsics"]), "flipped": bool(out["flipped"]),
             "dataset": str(meta["dataset"]), "sample_id": str(meta["sample_id"]), "skeleton": meta["skeleton"],
-            "meta": meta}
+            "meta": meta, **hps}
 
 
 # ------------------------------------------------------------------------------------------- training stream

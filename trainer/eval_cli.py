@@ -5,7 +5,8 @@
 Shards: every ``--shards`` value plus any positional paths (so ``--shards A B`` works), then the recipe's.
 
 Writes REPORT_DIR/report.json, report.md, predictions.parquet, per_joint_error.png, error_vs_pr_angle.png and
-prints the per-dataset table. Under ``torchrun`` each rank evaluates its share and rank 0 writes the report.
+prints the per-dataset table; an HPS checkpoint (model.hps) adds PVE beside the constant-mean-mesh reference,
+mesh_overlay.png and, with --save-vertices, vertices.npz (trainer/hps.py). Under ``torchrun`` each rank evaluates its share and rank 0 writes the report.
 A user error (missing file, a checkpoint that does not fit the shards) prints one line and exits with code 2.
 
 ``--recipe`` is a training recipe (pipeline/training_recipe.py, e.g. the ``recipe.yaml`` written by
@@ -86,10 +87,15 @@ def _init_distributed(device: str):
 @click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--skip-nonfinite", is_flag=True,
               help="Leave out (and list) samples whose prediction has a NaN or inf, instead of stopping.")
+@click.option("--body-model", default=None,
+              help="HPS checkpoints: the SMPL-format body model of the meshes ('synthetic', a model file, or a "
+                   "directory of SMPL_{NEUTRAL,MALE,FEMALE} files); default: the checkpoint's model.body_model.")
+@click.option("--save-vertices", is_flag=True,
+              help="HPS checkpoints: also write vertices.npz (every predicted mesh, original camera, metres).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, workers, device, flip_test, amp,
-         skip_nonfinite, progress, verbose):
+         skip_nonfinite, body_model, save_vertices, progress, verbose):
     """Evaluate a PersPose checkpoint on held-out shards (metrics in mm, original camera frame).
 
     MORE_SHARDS: further shard specs, like --shards."""
@@ -122,11 +128,19 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
     shards = resolve_shards(paths, cfg.crop_size)
     amp_dtype = torch.bfloat16 if amp and device.startswith("cuda") else None
     predict = model_predict_fn(model, tuple(cfg.skeletons), device, flip_test=flip_test, amp_dtype=amp_dtype)
+    mesh = None
+    if cfg.hps:
+        from .hps import MeshScorer
+        mesh = MeshScorer(body_model or cfg.body_model, keep_vertices=save_vertices)
+        mesh.models.get("neutral")     # a missing or malformed body model is a one-line error before the run
+    elif save_vertices or body_model:
+        raise InputError(f"{ckpt_path}: --save-vertices/--body-model need an HPS checkpoint (model.hps: true)")
 
     t0 = time.perf_counter()
     try:
         res = evaluate(predict, shards, batch_size=batch_size, crop_size=cfg.crop_size, skeletons=cfg.skeletons,
-                       progress=progress, total=shards.num_samples, workers=workers, skip_nonfinite=skip_nonfinite)
+                       progress=progress, total=shards.num_samples, workers=workers, skip_nonfinite=skip_nonfinite,
+                       mesh=mesh)
     finally:
         if ddp:
             torch.distributed.destroy_process_group()
@@ -159,13 +173,32 @@ def main(ckpt_path, shard_paths, more_shards, recipe, out_dir, batch_size, worke
         "versions": software_versions(("torch", "numpy", "cv2", "simplejpeg")), "metrics": summary,
     }
     files = write_report(out_dir, report, rec)
+    if mesh is not None:
+        files += _mesh_files(out_dir, rec, model, shards, cfg, mesh, device, flip_test, save_vertices)
     print_table(TABLE_HEADERS, table_rows(summary["datasets"]), title=f"perspose-eval: {ckpt_path.name}")
     print_table(REFERENCE_HEADERS, reference_table_rows(summary["references"]),
                 title="reference: a model that learned nothing (same samples)")
+    if summary.get("mesh"):
+        from .hps_report import MESH_HEADERS, mesh_table_rows
+        print_table(MESH_HEADERS, mesh_table_rows(summary["mesh"]), title="meshes (HPS): PVE, mm")
     if res["nonfinite"]:
         click.echo(f"left out {len(res['nonfinite'])} sample(s) with a non-finite prediction (listed in report.md)")
     click.echo(f"{res['counts']['evaluated']} samples in {seconds:.1f} s; wrote {', '.join(f.name for f in files)} "
                f"to {out_dir}")
+
+
+def _mesh_files(out_dir, rec, model, shards, cfg, mesh, device, flip_test, save_vertices) -> list[Path]:
+    """vertices.npz (with --save-vertices) and mesh_overlay.png for an HPS checkpoint."""
+    from .hps import mesh_overlay
+    from .hps_report import write_vertices
+
+    files = []
+    if save_vertices:
+        p = write_vertices(Path(out_dir) / "vertices.npz", rec)
+        files += [p] if p else []
+    p = mesh_overlay(model, shards, cfg.crop_size, cfg.skeletons, mesh.models.get("neutral"), device,
+                     Path(out_dir) / "mesh_overlay.png", flip_test=flip_test)
+    return files + ([p] if p else [])
 
 
 if __name__ == "__main__":

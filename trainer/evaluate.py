@@ -124,7 +124,7 @@ def _collate(items: list[dict]) -> dict:
             "has_intrinsics": np.array([it["has_intrinsics"] for it in items]),
             "meta": [it["meta"] for it in items], "skeleton": items[0]["meta"]["skeleton"],
             "crop_size": items[0]["crop_size"], "shard": [it["shard"] for it in items],
-            "key": [it["key"] for it in items]}
+            "key": [it["key"] for it in items], "smpl": [it.get("smpl") for it in items]}
 
 
 def _take(batch: dict, keep: list[int]) -> dict:
@@ -172,8 +172,9 @@ def iter_batches(prepared: Iterable[dict], batch_size: int) -> Iterator[dict]:
 
 
 # ------------------------------------------------------------------------------------------- metrics
-def _batch_records(batch: dict, out: dict) -> dict:
-    """Predictions of one batch -> per-sample arrays (metrics in mm, joints in metres)."""
+def _batch_records(batch: dict, out: dict, mesh=None) -> dict:
+    """Predictions of one batch -> per-sample arrays (metrics in mm, joints in metres); with ``mesh`` (a
+    :class:`trainer.hps.MeshScorer`) the HPS records too (PVE, ...)."""
     sk = get_skeleton(batch["skeleton"])
     p = protocol_for(sk.name)
     B, J = len(batch["meta"]), sk.num_joints
@@ -202,6 +203,7 @@ def _batch_records(batch: dict, out: dict) -> dict:
         "depth_err": M.depth_error(pc, gc, p.root, p.joints), "root_err": M.root_error(po, go, p.root),
         "joint_err": list(rel_err), "pred_cam": list(pred_orig), "gt_cam": list(gt_orig),
         "gt_crop": list(gt_crop),  # for the reference rows' depth error, which lives in the crop camera
+        **({} if mesh is None else mesh.score(batch, out, pred_crop)),
     }
 
 
@@ -229,7 +231,7 @@ def _dist_info() -> tuple[int, int]:
 
 def evaluate(predict_fn: PredictFn, shards, batch_size: int = 64, crop_size: int | None = None,
              skeletons: Iterable[str] | None = None, progress: bool = True, total: int | None = None,
-             workers: int = 0, max_samples: int = 0, skip_nonfinite: bool = False) -> dict:
+             workers: int = 0, max_samples: int = 0, skip_nonfinite: bool = False, mesh=None) -> dict:
     """Run ``predict_fn`` over every 3D sample of ``shards`` (shard specs, a :class:`trainer.shards.ShardSet` or
     a list of them) and return per-sample records (sorted by sample_id) plus counts. The samples come from the
     held-out stream (:mod:`trainer.shards`), the one that training's validation reads too. Under
@@ -243,7 +245,8 @@ def evaluate(predict_fn: PredictFn, shards, batch_size: int = 64, crop_size: int
     ``crop_size`` / ``skeletons``: what the model takes; shards that cannot serve it are an InputError.
     A prediction with a NaN or inf is an InputError naming the shard, the sample key and the first non-finite
     joint, unless ``skip_nonfinite``: then such samples are left out of every metric and listed under
-    ``nonfinite`` (counted in ``counts["skipped_nonfinite"]``).
+    ``nonfinite`` (counted in ``counts["skipped_nonfinite"]``). ``mesh`` (a :class:`trainer.hps.MeshScorer`)
+    adds the HPS records (PVE and the meshes) for the predictions that carry the HPS heads' outputs.
     """
     from tqdm import tqdm
 
@@ -289,8 +292,8 @@ def evaluate(predict_fn: PredictFn, shards, batch_size: int = 64, crop_size: int
                     if not keep:
                         continue
                     batch = _take(batch, keep)
-                    out = {"uvd": torch.as_tensor(out["uvd"])[keep], "scale": torch.as_tensor(out["scale"])[keep]}
-                parts.append(_batch_records(batch, out))
+                    out = {k: torch.as_tensor(v)[keep] for k, v in out.items()}
+                parts.append(_batch_records(batch, out, mesh))
                 counts["evaluated"] += len(batch["meta"])
         except (InputError, ValueError) as e:
             if world == 1:
@@ -333,6 +336,10 @@ def model_predict_fn(model: torch.nn.Module, skeletons: tuple[str, ...], device,
         with ctx:
             out = _flip_test(model, images, K, has_k) if flip_test else model(images, K, has_k)
         sl = slices[batch["skeleton"]]
-        return {"uvd": out["uvd"][:, sl].float().cpu(), "scale": out["scale"].float().cpu()}
+        res = {"uvd": out["uvd"][:, sl].float().cpu(), "scale": out["scale"].float().cpu()}
+        for k in ("betas", "twist", "leaf_rot"):   # the HPS heads (model.hps)
+            if k in out:
+                res[k] = out[k].float().cpu()
+        return res
 
     return predict

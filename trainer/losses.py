@@ -52,11 +52,19 @@ class LossConfig:
     # (docs/learning.md has the measured effect).
     heatmap_weight: float = 0.0
     heatmap_sigma: float = 1.0
+    # HPS heads (model.hps): L1 on β (mean over the 10), L1 on each bone's (cos, sin) twist (masked where the
+    # label is undefined), and the Frobenius norm of the leaf-rotation error (the official code's extra term);
+    # weights as the paper's Eq. 18 (β 0.01, twist 0.1) and the official code (leaf 0.01). Samples without SMPL
+    # labels (has_smpl False) contribute nothing to them.
+    beta_weight: float = 0.01
+    twist_weight: float = 0.1
+    leaf_weight: float = 0.01
 
     def __post_init__(self):
         if self.reference_crop <= 0 or self.depth_unit_m <= 0 or self.scale_unit <= 0:
             raise ValueError("reference_crop, depth_unit_m and scale_unit must be positive")
-        if min(self.uvd_weight, self.scale_weight, self.heatmap_weight) < 0:
+        if min(self.uvd_weight, self.scale_weight, self.heatmap_weight, self.beta_weight, self.twist_weight,
+               self.leaf_weight) < 0:
             raise ValueError("loss weights must be non-negative")
         if self.heatmap_sigma <= 0:
             raise ValueError("heatmap_sigma must be positive")
@@ -74,7 +82,8 @@ def pose_losses(pred: dict, batch: dict, cfg: LossConfig, crop_size: int) -> dic
     pred:  ``uv`` (B, J, 2) crop pixels, ``d`` (B, J) metres, ``scale`` (B,) metres per pixel of the S crop.
     batch: ``uvd`` (B, J, 3) targets in the same units, ``scale`` (B,), ``mask_uv`` (B, J), ``mask_d`` (B, J),
            ``has_3d`` (B,). Everything is computed in float32.
-    Returns {'uv', 'd', 'scale', 'total'} (0-d tensors; 'uv', 'd', 'scale' are unweighted, in the units above).
+    Returns {'uv', 'd', 'scale', 'total'} (0-d tensors; 'uv', 'd', 'scale' are unweighted, in the units above),
+    plus 'heatmap' and, for an HPS model's prediction, 'beta', 'twist' and 'leaf' (:func:`hps_losses`).
     """
     uv_p, d_p, s_p = pred["uv"].float(), pred["d"].float(), pred["scale"].float()
     uvd_t = batch["uvd"].to(uv_p.device, torch.float32)
@@ -101,7 +110,23 @@ def pose_losses(pred: dict, batch: dict, cfg: LossConfig, crop_size: int) -> dic
         terms["heatmap"] = heatmap_cross_entropy(pred["heatmaps"].float(), uv_t, mask_uv, crop_size,
                                                  cfg.heatmap_sigma)
         terms["total"] = terms["total"] + cfg.heatmap_weight * terms["heatmap"]
+    if "betas" in pred:
+        terms.update(hps_losses(pred, batch))
+        terms["total"] = terms["total"] + cfg.beta_weight * terms["beta"] + cfg.twist_weight * terms["twist"] \
+            + cfg.leaf_weight * terms["leaf"]
     return terms
+
+
+def hps_losses(pred: dict, batch: dict) -> dict[str, torch.Tensor]:
+    """{'beta', 'twist', 'leaf'}: masked means over the samples with SMPL labels (unweighted, float32)."""
+    dev = pred["betas"].device
+    has = batch["has_smpl"].to(dev, torch.bool)
+    beta_err = (pred["betas"].float() - batch["betas"].to(dev, torch.float32)).abs().mean(-1)          # (B,)
+    tw_err = (pred["twist"].float() - batch["twist"].to(dev, torch.float32)).abs().sum(-1)             # (B, 23)
+    tw_mask = batch["twist_mask"].to(dev, torch.bool) & has[:, None]
+    leaf_err = (pred["leaf_rot"].float() - batch["leaf_rot"].to(dev, torch.float32)).flatten(-2).norm(dim=-1)
+    return {"beta": masked_mean(beta_err, has), "twist": masked_mean(tw_err, tw_mask),
+            "leaf": masked_mean(leaf_err.mean(-1), has)}
 
 
 def heatmap_cross_entropy(prob: torch.Tensor, uv_t: torch.Tensor, mask: torch.Tensor, crop_size: int,

@@ -11,7 +11,8 @@ Inputs: ``images`` uint8 RGB (B,3,S,S) or (B,S,S,3) -- normalised inside with Im
 ``has_intrinsics`` (B,) bool (False zeroes the sample's PE map, e.g. COCO; None = all True); ``R`` (B,3,3) the
 PR rotation (P' = R P), optional.
 
-Output dict (heads and decoding run in float32 outside autocast):
+Output dict (heads and decoding run in float32 outside autocast; with ``cfg.hps`` also ``betas`` (B,10),
+``twist`` (B,23,2) and ``leaf_rot`` (B,5,3,3), :meth:`PersPose.hps_outputs`):
 - ``uv`` (B,J,2): soft-argmax in pixels of the S crop; heatmap cell (i, j) <-> pixel (4j+1.5, 4i+1.5) (docs/design.md §2).
 - ``d`` (B,J): relative depth z'_j - z'_root in metres, d = 2.2 (sigmoid - 0.5) (reference bounds, +-1.1 m), exactly
   0 at the root of every 3D skeleton slice (coco17 has no root: its d is unconstrained and not meant to be used).
@@ -41,6 +42,7 @@ from torch import nn
 
 from trainer.geometry_torch import crop_pixel_grid, flip_intrinsics, joints_from_uvd, pe_map
 from pipeline.skeleton import DEFAULT_SKELETONS, SKELETONS, get_skeleton, joint_slices
+from trainer.hps_labels import LEAF_JOINTS, NUM_BETAS, NUM_TWISTS, mirror_bone_perm
 from trainer.hrnet import GlobalHead, HighResolutionNet, LoadReport, init_hrnet_weights, load_pose_hrnet_weights
 
 __all__ = ["ModelConfig", "PersPose", "build_model", "normalize_images", "flip_test", "soft_argmax",
@@ -72,6 +74,11 @@ class ModelConfig:
     # "torch": PyTorch's default (Kaiming-uniform) init, which trains from scratch several times faster (measured
     # on the demo model: uv error 45 vs 81 reference px after 20 steps on a fixed batch) -- the demo's choice.
     backbone_init: Literal["hrnet", "torch"] = "hrnet"
+    # PersPose-HPS (issue 12): linear heads on the global vector for SMPL shape (10 β), the twist of each of the 23
+    # bones as (cos, sin) and the 5 leaf rotations (6-D); evaluation turns them into a mesh with the analytical IK
+    # (trainer/hps.py) and the SMPL-format ``body_model`` ("synthetic": the toolkit's own; or an SMPL file / dir).
+    hps: bool = False
+    body_model: str = "synthetic"
 
     def __post_init__(self):
         # YAML gives lists: store tuples so the config stays hashable and frozen
@@ -89,6 +96,8 @@ class ModelConfig:
             raise ValueError(f"head_planes needs 4 positive values, got {self.head_planes}")
         if self.backbone_init not in ("hrnet", "torch"):
             raise ValueError(f"backbone_init must be 'hrnet' or 'torch', got {self.backbone_init!r}")
+        if self.hps and "smpl24" not in self.skeletons:
+            raise ValueError("model.hps needs the smpl24 skeleton among model.skeletons (the IK solves SMPL joints)")
         if not self.skeletons or len(set(self.skeletons)) != len(self.skeletons):
             raise ValueError(f"skeletons must be non-empty and distinct, got {self.skeletons}")
         unknown = [s for s in self.skeletons if s not in SKELETONS]
@@ -190,6 +199,10 @@ class PersPose(nn.Module):
         self.heatmap_head = nn.Conv2d(cfg.width, n, kernel_size=1)
         self.depth_head = nn.Linear(cfg.global_dim, n)
         self.scale_head = nn.Linear(cfg.global_dim, 1)
+        if cfg.hps:
+            self.beta_head = nn.Linear(cfg.global_dim, NUM_BETAS)
+            self.twist_head = nn.Linear(cfg.global_dim, NUM_TWISTS * 2)
+            self.leaf_head = nn.Linear(cfg.global_dim, len(LEAF_JOINTS) * 6)
         self.joint_slices = joint_slices(cfg.skeletons)
         depth_mask = torch.ones(n)
         for name, sl in self.joint_slices.items():
@@ -227,7 +240,29 @@ class PersPose(nn.Module):
             d = DEPTH_RANGE_M * (torch.sigmoid(self.depth_head(g)) - 0.5) * self.depth_mask
             sig = torch.sigmoid(self.scale_head(g)[:, 0])
             scale = self.scale_ref * torch.exp(SCALE_LOG_RANGE * (sig - 0.5))
-            return assemble_outputs(uv, d, scale, K_crop, s, R, prob if return_heatmaps else None)
+            out = assemble_outputs(uv, d, scale, K_crop, s, R, prob if return_heatmaps else None)
+            if self.cfg.hps:
+                out.update(self.hps_outputs(g))
+            return out
+
+    def hps_outputs(self, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``betas`` (B, 10), ``twist`` (B, 23, 2) unit (cos, sin) per bone, ``leaf_rot`` (B, 5, 3, 3) local
+        rotations of LEAF_JOINTS from 6-D vectors by Gram-Schmidt (the official code's form)."""
+        B = g.shape[0]
+        tw = self.twist_head(g).view(B, NUM_TWISTS, 2)
+        tw = tw / tw.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        return {"betas": self.beta_head(g), "twist": tw,
+                "leaf_rot": rotation_from_6d(self.leaf_head(g).view(B, len(LEAF_JOINTS), 6))}
+
+
+def rotation_from_6d(x: torch.Tensor) -> torch.Tensor:
+    """(..., 6) -> rotation matrices (..., 3, 3): the two 3-vectors (x[..., :3], x[..., 3:]) orthonormalised by
+    Gram-Schmidt are the first two columns, their cross product the third."""
+    a, b = x[..., :3], x[..., 3:]
+    c1 = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    b = b - (c1 * b).sum(-1, keepdim=True) * c1
+    c2 = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return torch.stack([c1, c2, torch.cross(c1, c2, dim=-1)], dim=-1)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -252,6 +287,10 @@ def unflip_predictions(out: dict[str, torch.Tensor], flip_perm: torch.Tensor, cr
     uv = out["uv"][:, flip_perm].clone()
     uv[..., 0] = (crop_size - 1) - uv[..., 0]
     res = {"uv": uv, "d": out["d"][:, flip_perm], "scale": out["scale"]}
+    if "betas" in out:  # the mirrored person: same shape, mirror bones' twists with the opposite sense
+        tw = out["twist"][:, list(mirror_bone_perm())].clone()
+        tw[..., 1] = -tw[..., 1]
+        res.update({"betas": out["betas"], "twist": tw})
     if "heatmaps" in out:
         res["heatmaps"] = out["heatmaps"][:, flip_perm].flip(-1)
     return res
@@ -278,4 +317,9 @@ def flip_test(model: PersPose, images: torch.Tensor, K_crop: torch.Tensor, has_i
     back = unflip_predictions(model(_flip_images(images), K_flip, has_intrinsics, None, return_heatmaps),
                               net.flip_perm, s)
     avg = {k: 0.5 * (out[k] + back[k]) for k in back}
-    return assemble_outputs(avg["uv"], avg["d"], avg["scale"], K_crop, s, R, avg.get("heatmaps"))
+    res = assemble_outputs(avg["uv"], avg["d"], avg["scale"], K_crop, s, R, avg.get("heatmaps"))
+    if "betas" in out:
+        # the mirrored pass's leaf rotations are discarded, as the official flip test does
+        tw = avg["twist"] / avg["twist"].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        res.update({"betas": avg["betas"], "twist": tw, "leaf_rot": out["leaf_rot"]})
+    return res

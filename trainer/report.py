@@ -18,6 +18,7 @@ from pipeline.fsutil import atomic_path, atomic_write_text
 from pipeline.skeleton import get_skeleton
 
 from .evaluate import SCALAR_METRICS, protocol_for
+from .hps_report import mesh_markdown, mesh_rows
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def summarize(records: dict) -> dict:
     """All breakdowns: per dataset (+protocol), per sequence, per H36M action, per PR-angle bin, per joint."""
     if not records:
         return {"datasets": [], "references": [], "sequences": [], "actions": [], "pr_angle_bins": [],
-                "per_joint": []}
+                "per_joint": [], "mesh": []}
     recs = dict(records, pr_bin=pr_bin_labels(records["pr_angle_deg"]))
     has_action = np.array([bool(a) for a in recs["action"]])
     datasets = group_table(recs, ("dataset", "protocol"))
@@ -91,6 +92,7 @@ def summarize(records: dict) -> dict:
         "actions": group_table(recs, ("dataset", "protocol", "action"), has_action) if has_action.any() else [],
         "pr_angle_bins": group_table(recs, ("dataset", "protocol", "pr_bin")),
         "per_joint": _per_joint(recs),
+        "mesh": mesh_rows(recs),
     }
 
 
@@ -182,7 +184,8 @@ def markdown_report(report: dict) -> str:
            "## Reference: what learning nothing scores on these samples", "",
            "The constant mean pose (each group's own mean root-relative pose given to every sample) and a flat "
            "pose at the root's depth; `model / ref` below 1 means the model read something from the pixels.", "",
-           _md_table(REFERENCE_HEADERS, reference_table_rows(s.get("references", []))), "", "## Protocols", ""]
+           _md_table(REFERENCE_HEADERS, reference_table_rows(s.get("references", []))), ""]
+    out += mesh_markdown(s.get("mesh", []), _md_table) + ["## Protocols", ""]
     for p in report["protocols"].values():
         out.append(f"- **{p['name']}** ({p['skeleton']}): {p['description']}. Root: {p['root']}. "
                    f"MPJPE/PA/depth joints: {', '.join(p['joints'])}. PCK/AUC joints: {', '.join(p['pck_joints'])}.")

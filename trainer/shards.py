@@ -140,7 +140,7 @@ def heldout_record(sample: dict, crop_size: int | None = None) -> dict:
     """Decoded shard sample -> the model's S crop (the crop-size rule; S = the build's crop when None) and its
     labels in float64: image (S, S, 3) uint8 RGB, K_crop, R, uvd (own skeleton, S-crop pixels / metres), scale,
     joints_rot (P' in the crop camera), pr_angle, has_intrinsics, meta, crop_size, shard and key (where it was
-    read, for error messages)."""
+    read, for error messages), and smpl ({betas, pose, transl, gender} of the original camera, or None)."""
     meta, a = sample["meta"], sample["arrays"]
     S = int(meta["crop_size"]) if crop_size is None else int(crop_size)
     if sample["image"].shape[:2] != (int(meta["store_size"]),) * 2:
@@ -151,7 +151,15 @@ def heldout_record(sample: dict, crop_size: int | None = None) -> dict:
     return {"image": np.ascontiguousarray(out["image"]), "K_crop": out["K_crop"], "R": out["R"],
             "uvd": out["uvd"], "scale": float(out["scale"]), "joints_rot": out["joints"],
             "pr_angle": float(a["pr_angle"]), "has_intrinsics": bool(meta["has_intrinsics"]), "meta": meta,
-            "crop_size": S, "shard": str(sample.get("shard", "")), "key": str(sample.get("key", ""))}
+            "crop_size": S, "shard": str(sample.get("shard", "")), "key": str(sample.get("key", "")),
+            "smpl": _smpl_labels(a, meta)}
+
+
+def _smpl_labels(arrays: dict, meta: dict) -> dict | None:
+    if not all(f"smpl_{k}" in arrays for k in ("betas", "pose", "transl")):
+        return None
+    return {"betas": arrays["smpl_betas"], "pose": arrays["smpl_pose"], "transl": arrays["smpl_transl"],
+            "gender": str(meta.get("smpl_gender") or "neutral")}
 
 
 def _decoded(path: str, members: dict) -> dict:

@@ -13,7 +13,7 @@ stem is used when the ``.png`` is absent, as PersPose does).
   frames are not rows and not rejections. ``person`` = the row's order among the rows of its image.
 * 3D: camera-frame joints = SMPL_neutral(num_betas=11; global_orient = pose_cam[:3], body_pose = pose_cam[3:72],
   betas = shape, transl = trans_cam + cam_ext[:3, 3]).joints[:, :24] (skeleton ``smpl24``); the ``smpl`` struct
-  stores that full translation. ``bbox``: tight box of the projected mesh vertices, clipped to
+  stores that full translation, and the bone twist labels (``twist``, pipeline.ik.twist_labels). ``bbox``: tight box of the projected mesh vertices, clipped to
   [-0.2, 1.2]·max(W, H) like PersPose. ``K`` = cam_int, no distortion.
 * Close-up scenes (``closeup`` in the scene name) are stored on disk as landscape images, while their labels
   describe the portrait image ``cv2.rotate(disk, ROTATE_90_CLOCKWISE)``. The shard builder reads images as they
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..body_model import twist_labels_of
 from ..errors import InputError
 from ..geometry import project
 from ..manifest import make_sample_id
@@ -116,6 +117,7 @@ def _chunk_rows(d, names, sel, persons, scene, closeup, root, split, model):
     Ks = np.asarray(d["cam_int"], np.float64)[sel]
     out = model(betas, pose, transl)
     joints, verts = out.joints, out.vertices
+    twist = twist_labels_of(model, betas, pose)
     rows = []
     for n, i in enumerate(sel):
         name = names[i]
@@ -145,7 +147,7 @@ def _chunk_rows(d, names, sel, persons, scene, closeup, root, split, model):
                      "K": flat(K), "dist": [], "bbox": flat(bbox), "skeleton": "smpl24",
                      "joints_cam": flat(j, np.float32), "joints_2d": flat(project(j, K), np.float32),
                      "joints_vis": [1] * 24,
-                     "smpl": {"betas": betas[n], "pose": p, "transl": tr, "gender": "neutral"},
+                     "smpl": {"betas": betas[n], "pose": p, "transl": tr, "gender": "neutral", "twist": twist[n]},
                      "meta": json.dumps(meta)})
     return rows
 
@@ -186,7 +188,7 @@ def read_bedlam(root, split: str, *, smpl_dir=None, interval: int | None = None,
     if smpl_dir is None:
         raise InputError("bedlam: --smpl-dir is required (3D joints come from the neutral SMPL body model)")
     interval = int(interval or DEFAULT_INTERVAL)
-    from .body_model import load_smpl
+    from ..body_model import load_smpl
     model = load_smpl(smpl_dir, "neutral", num_betas=11)
     chosen = [p for i, p in enumerate(files) if split_of_index(i) == split]
     rows = []

@@ -15,6 +15,8 @@ Rows (one per actor per frame):
   (R_i @ Rodrigues(pose[:3])), ``transl`` in the camera frame, gender male/female. SMPL rotates about the rest
   pelvis J0, so ``transl_cam = R_i (trans + J0) + t_i - J0``; J0 = pelvis - trans, with the pelvis taken from the
   body model when one is given, else from ``jointPositions[0]`` (identical when the joints come from that SMPL).
+  With ``smpl_dir`` also ``twist``: the bone twist labels of the HPS branch (pipeline.ik.twist_labels, with the
+  gendered model's rest skeleton); null without a body model.
 * ``bbox``: without a body model, the tight box of the projected 24 joints scaled 1.2x about its centre (joints are
   skeleton centres; 1.2 as I2L/SPIN). With ``smpl_dir`` (gendered SMPL), the official crop box: the tight box of
   the projected mesh vertices, vertices clipped to [-0.2, 1.2]·max(W, H) as PersPose does.
@@ -91,9 +93,11 @@ def _actor_rows(d, seq, p, idx, split, K, wh, image_dir_rel, models, regressor):
     uv = project(joints_c, K)
     bbox = joints_bbox(joints_c, K)
     pelvis_w = joints_w[:, 0]
-    j17 = None
+    j17 = twist = None
     if models is not None:
         out = models[gender](np.repeat(betas[None], len(idx), 0), pose, trans)
+        from ..body_model import twist_labels_of
+        twist = twist_labels_of(models[gender], np.repeat(betas[None], len(idx), 0), pose)
         verts_c = out.vertices @ Rt + t[:, None]
         bbox = np.stack([_vertex_bbox(v, K, wh) for v in verts_c])
         pelvis_w = out.joints[:, 0]
@@ -105,7 +109,8 @@ def _actor_rows(d, seq, p, idx, split, K, wh, image_dir_rel, models, regressor):
     img_ids = d.get("img_frame_ids")
     rows = []
     for n, i in enumerate(idx):
-        smpl = {"betas": betas, "pose": pose[n], "transl": transl_c[n], "gender": gender}
+        smpl = {"betas": betas, "pose": pose[n], "transl": transl_c[n], "gender": gender,
+                "twist": None if twist is None else twist[n]}
         base = {"dataset": ADAPTER, "split": split, "sequence": seq, "frame": int(i),
                 "image_path": f"{image_dir_rel}/image_{int(i):05d}.jpg", "image_w": wh[0], "image_h": wh[1],
                 "K": flat(K), "dist": [], "smpl": smpl}
@@ -136,7 +141,7 @@ def read_3dpw(root, split: str, *, limit: int | None = None, smpl_dir=None, regr
         raise InputError("3dpw: --regressor needs --smpl-dir (the H36M-17 joints are regressed from the mesh)")
     models = reg = None
     if smpl_dir is not None:
-        from .body_model import load_regressor
+        from ..body_model import load_regressor
         models = _LazyModels(smpl_dir)
         reg = load_regressor(regressor) if regressor is not None else None
     rows, used = [], []
@@ -168,13 +173,13 @@ class _LazyModels:
     """Gendered SMPL models, loaded on first use (3DPW actors are male or female)."""
 
     def __init__(self, smpl_dir):
-        from .body_model import find_model_file
+        from ..body_model import find_model_file
         self.smpl_dir = smpl_dir
         self._cache = {}
         find_model_file(smpl_dir, "male"), find_model_file(smpl_dir, "female")  # fail early, naming the file
 
     def __getitem__(self, gender):
-        from .body_model import load_smpl
+        from ..body_model import load_smpl
         if gender not in self._cache:
             self._cache[gender] = load_smpl(self.smpl_dir, gender, num_betas=10)
         return self._cache[gender]

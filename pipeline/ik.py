@@ -13,13 +13,22 @@ Given the posed joints p and the rest joints J, the local rotations are recovere
 
 Batched, plain torch, float32 or float64 (the dtype of the inputs). :func:`twist_angles` is the inverse
 decomposition: the φ of given local rotations (to make labels, and for the exactness tests).
+
+Twist labels and the HPS head use one twist per non-root joint c = 1..23 (HybrIK's convention): the twist of its
+parent's local rotation about the rest bone parent(c) -> c (:func:`bone_twists`). The IK reads the twists of the
+bones whose parent has exactly one child (:func:`parent_twists`); the others (the pelvis's and spine3's children,
+whose parents are fitted by Kabsch) are well-defined labels the IK does not need. :func:`twist_labels` makes the
+training labels: NaN (undefined) for the pelvis's three child bones, whose twist is measured on the root's
+rotation and so changes with the camera (and with every roll of the augmentation), and for a bone folded back on
+itself (swing within 0.5 deg of a half turn), where the swing-twist split is undefined.
 """
 from __future__ import annotations
 
 import torch
 
 __all__ = ["SMPL_PARENTS", "SMPL_CHILDREN", "LEAVES", "rotation_between", "axis_angle_rotation", "twist_angles",
-           "kabsch", "solve_rotations", "forward_kinematics"]
+           "kabsch", "solve_rotations", "forward_kinematics", "bone_twists", "parent_twists", "global_rotations",
+           "twist_labels"]
 
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 SMPL_CHILDREN = tuple(tuple(c for c in range(24) if SMPL_PARENTS[c] == i) for i in range(24))
@@ -116,3 +125,44 @@ def forward_kinematics(local: torch.Tensor, rest: torch.Tensor, root: torch.Tens
             glob[i] = glob[p] @ local[:, i]
             pos[i] = pos[p] + (glob[p] @ (rest[:, i] - rest[:, p])[..., None])[..., 0]
     return torch.stack(pos, 1)
+
+
+def bone_twists(local: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """Local rotations (B, 24, 3, 3) and rest joints (B, 24, 3) -> the twist of each bone parent(c) -> c about its
+    rest direction, c = 1..23: (B, 23), in (-pi, pi]."""
+    parents = list(SMPL_PARENTS[1:])
+    axes = rest[:, 1:] - rest[:, parents]
+    return twist_angles(local[:, parents], axes)
+
+
+def parent_twists(twists: torch.Tensor) -> torch.Tensor:
+    """Per-bone twists (B, 23) (:func:`bone_twists`) -> per-joint twists (B, 24) as :func:`solve_rotations` reads
+    them (joint i's entry is the twist of its only child's bone; 0 where i has no or several children)."""
+    out = twists.new_zeros(twists.shape[:-1] + (24,))
+    for i, ch in enumerate(SMPL_CHILDREN):
+        if len(ch) == 1:
+            out[..., i] = twists[..., ch[0] - 1]
+    return out
+
+
+def global_rotations(local: torch.Tensor) -> torch.Tensor:
+    """Local rotations (B, 24, 3, 3) -> global ones G_i = G_parent(i) R_i."""
+    glob = [None] * 24
+    for i in range(24):
+        p = SMPL_PARENTS[i]
+        glob[i] = local[:, i] if p < 0 else glob[p] @ local[:, i]
+    return torch.stack(glob, 1)
+
+
+_FOLDED_COS = -0.99996      # cos(179.5 deg)
+
+
+def twist_labels(local: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """:func:`bone_twists` with NaN where a label is undefined or camera-dependent (module docstring): (B, 23)."""
+    parents = list(SMPL_PARENTS[1:])
+    axes = rest[:, 1:] - rest[:, parents]
+    tw = twist_angles(local[:, parents], axes)
+    a = axes / axes.norm(dim=-1, keepdim=True)
+    cos_swing = (a * (local[:, parents] @ a[..., None])[..., 0]).sum(-1)
+    bad = (cos_swing < _FOLDED_COS) | torch.tensor([p == 0 for p in parents], device=tw.device)
+    return torch.where(bad, torch.full_like(tw, float("nan")), tw)
