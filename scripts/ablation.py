@@ -75,31 +75,67 @@ def make_data(args, out: Path, log: Path) -> None:
                 run([bin_path("perspose-build"), "verify", str(s)], log)
 
 
-def train_and_eval(args, out: Path, arm: str, seed: int) -> Path:
+def _cpu_sets(args, jobs: int) -> list[str]:
+    """CPU: the cores shared out between the parallel runs, decoding in the training process."""
+    if args.full:
+        return []
+    return ["data.num_workers=0", f"threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+
+
+def _schedule(args, steps: int, epochs: int, seed: int, procs: int = 1) -> list[str]:
+    """Steps of ``args.batch`` samples (global: ``procs`` processes of batch / procs), lr x0.4 each quarter."""
+    steps_per_epoch = max(1, steps // epochs)
+    return [f"seed={seed}", f"batch_size={args.batch // procs}", f"epoch_samples={steps_per_epoch * args.batch}",
+            f"epochs={epochs}", f"max_steps={steps}", f"optim.decay_every_epochs={epochs / 4:g}",
+            f"checkpoint_every_steps={steps_per_epoch}", "data.val_max_samples=0"]
+
+
+def _model_sets(args) -> list[str]:
+    return [f"model.crop_size={args.crop}"] + ([f"model.width={args.width}"] if args.width and not args.full else [])
+
+
+def _train(cmd_base: list[str], run_dir: Path, data: list[str], sets: list[str], log: Path) -> None:
+    """One perspose-train run, resumed where it stopped; ``train.done`` records its seconds."""
+    done = run_dir / "train.done"
+    if done.is_file():
+        return
+    cmd = cmd_base + ["--no-progress", "--out", str(run_dir)]
+    cmd += ["--resume"] if (run_dir / "last.pt").is_file() else data
+    t0 = time.time()
+    run(cmd + sum((["--set", s] for s in sets), []), log)
+    atomic_write_text(done, json.dumps({"train_seconds": time.time() - t0}))
+
+
+def pretrain(args, out: Path) -> Path | None:
+    """The shared start of every arm (--pretrain-steps > 0): the preset's model WITHOUT PE trained on the PR and
+    the no-PR training crops mixed 1:1, on all cores (torchrun). Like the paper's pretrained backbone, it favours
+    no arm: each arm then trains on its own crops, and the PE arms add the PE conv (N(0, 0.01)) to it."""
+    if args.pretrain_steps <= 0:
+        return None
+    run_dir = out / "runs" / "pretrain"
+    preset = "paper" if args.full and args.preset == "demo" else args.preset
+    procs = 1 if args.full else max(1, args.jobs)
+    sets = ["model.use_pe=false", *_schedule(args, args.pretrain_steps, args.pretrain_epochs, 1000, procs)]
+    sets += _cpu_sets(args, procs) + _model_sets(args) + args.overrides
+    base = [bin_path("torchrun"), "--standalone", f"--nproc_per_node={procs}", bin_path("perspose-train"),
+            "--config", preset] if procs > 1 else [bin_path("perspose-train"), "--config", preset]
+    data = ["--train", str(out / "shards" / "pr" / "train"), "--train", str(out / "shards" / "nopr" / "train"),
+            "--val", str(out / "shards" / "pr" / "val")]
+    _train(base, run_dir, data, sets, out / "runs" / "pretrain.log")
+    return run_dir / "last.pt"
+
+
+def train_and_eval(args, out: Path, arm: str, seed: int, init: Path | None = None) -> Path:
     variant, use_pe, _ = ARMS[arm]
     run_dir = out / "runs" / f"{arm}_seed{seed}"
     log = out / "runs" / f"{arm}_seed{seed}.log"      # one log per run: runs go in parallel (--jobs)
-    steps_per_epoch = max(1, args.steps // args.epochs)
-    sets = [f"model.use_pe={str(use_pe).lower()}", f"seed={seed}", f"batch_size={args.batch}",
-            f"epoch_samples={steps_per_epoch * args.batch}", f"epochs={args.epochs}", f"max_steps={args.steps}",
-            f"optim.decay_every_epochs={args.epochs / 4:g}", f"checkpoint_every_steps={steps_per_epoch}",
-            "data.val_max_samples=0"]
-    sets += [f"model.crop_size={args.crop}"] + ([f"model.width={args.width}"] if args.width and not args.full else [])
-    if not args.full:  # CPU: the cores shared out between the parallel runs, decoding in the training process
-        sets += ["data.num_workers=0", f"threads={max(1, (os.cpu_count() or 1) // args.jobs)}"]
-    sets += args.overrides
-    ck = run_dir / "last.pt"
-    done = run_dir / "train.done"
-    if not done.is_file():
-        preset = "paper" if args.full and args.preset == "demo" else args.preset
-        cmd = [bin_path("perspose-train"), "--config", preset, "--no-progress", "--out", str(run_dir)]
-        if ck.is_file():
-            cmd += ["--resume"]
-        else:
-            cmd += ["--train", str(out / "shards" / variant / "train"), "--val", str(out / "shards" / variant / "val")]
-        t0 = time.time()
-        run(cmd + sum((["--set", s] for s in sets), []), log)
-        atomic_write_text(done, json.dumps({"train_seconds": time.time() - t0}))
+    sets = [f"model.use_pe={str(use_pe).lower()}", *_schedule(args, args.steps, args.epochs, seed)]
+    sets += _model_sets(args) + _cpu_sets(args, args.jobs) + args.overrides + (args.finetune_overrides if init else [])
+    preset = "paper" if args.full and args.preset == "demo" else args.preset
+    data = ["--train", str(out / "shards" / variant / "train"), "--val", str(out / "shards" / variant / "val")]
+    if init is not None:
+        data += ["--init", str(init)]
+    _train([bin_path("perspose-train"), "--config", preset], run_dir, data, sets, log)
     ev = run_dir / "eval"
     if not (ev / "predictions.parquet").is_file():
         run([bin_path("perspose-eval"), "--ckpt", str(run_dir / "best.pt"), "--shards",
@@ -170,7 +206,9 @@ def markdown(res: dict, n: int, args, compute: dict, ref: dict) -> str:
     for b, info in first.items():
         cells = [f"{res[a]['pr_bins'][b]['mpjpe_mean']:.1f} ± {res[a]['pr_bins'][b]['mpjpe_std']:.1f}" for a in res]
         lines.append(f"| {b} | {info['n']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Compute: {compute['device']}; training {compute['train_minutes']:.1f} min per run on average "
+    pre = (f"a shared start of {args.pretrain_steps} steps (no PE, PR and no-PR crops mixed; "
+           f"{compute.get('pretrain_minutes', 0):.1f} min on all cores), then " if args.pretrain_steps > 0 else "")
+    lines += ["", f"Compute: {compute['device']}; {pre}training {compute['train_minutes']:.1f} min per run on average "
               f"({compute['total_minutes']:.0f} min wall time over the script's completed invocations)."]
     return "\n".join(lines) + "\n"
 
@@ -232,6 +270,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at once (CPU: the cores are split between them)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="trainer override for every arm (repeatable)")
+    ap.add_argument("--pretrain-steps", type=int, default=0,
+                    help="steps of the shared start (no PE, PR and no-PR crops mixed; 0: every arm from scratch)")
+    ap.add_argument("--pretrain-epochs", type=int, default=8)
+    ap.add_argument("--finetune-set", dest="finetune_overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="trainer override for the arms when they start from the shared start (repeatable)")
     ap.add_argument("--synth-args", default="--min-box-inside 1", help="extra perspose-build synth options, e.g. '--min-box-inside 1'")
     args = ap.parse_args()
     out = args.out
@@ -239,9 +282,10 @@ def main() -> None:
     log = out / "commands.log"
     t0 = time.time()
     make_data(args, out, log)
+    init = pretrain(args, out)
     keys = [(a, s) for s in args.seeds for a in args.arms]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:   # each run is a subprocess; threads only wait
-        paths = dict(zip(keys, pool.map(lambda k: train_and_eval(args, out, *k), keys)))
+        paths = dict(zip(keys, pool.map(lambda k: train_and_eval(args, out, *k, init=init), keys)))
     preds, n = load_predictions(paths)
     res = summarize(preds, args.seeds)
     ref = reference_errors(next(iter(paths.values())), set(next(iter(preds.values()))))
@@ -254,7 +298,10 @@ def main() -> None:
     elapsed_file = out / "elapsed.json"
     elapsed = (json.loads(elapsed_file.read_text())["seconds"] if elapsed_file.is_file() else 0.0) + time.time() - t0
     atomic_write_text(elapsed_file, json.dumps({"seconds": elapsed}))
-    compute = {"device": device, "train_minutes": float(np.mean(secs)) / 60, "total_minutes": elapsed / 60}
+    pre = out / "runs" / "pretrain" / "train.done"
+    pre_min = json.loads(pre.read_text())["train_seconds"] / 60 if init is not None and pre.is_file() else 0.0
+    compute = {"device": device, "train_minutes": float(np.mean(secs)) / 60, "total_minutes": elapsed / 60,
+               "pretrain_minutes": pre_min}
     atomic_write_text(out / "results.json", json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
                                                            for k, v in vars(args).items()},
                                                   "n_test_common": n, "compute": compute, "arms": res,

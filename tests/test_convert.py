@@ -218,3 +218,9 @@ def test_train_init_starts_from_a_converted_checkpoint(tmp_path):
     bad = resolve_config("demo", None, ["/x"], (), ["model.width=8"], tmp_path / "run2", False, tmp_path / "conv.pt")
     with pytest.raises(InputError, match="do not fit"):
         build(bad, Dist(0, 1, 0, torch.device("cpu")))
+    # heads a run adds (the HPS heads here) keep their own initialisation; everything else loads
+    hps = resolve_config("demo", None, ["/x"], (), ["model.hps=true"], tmp_path / "run3", False, tmp_path / "conv.pt")
+    raw, _ = build(hps, Dist(0, 1, 0, torch.device("cpu")))
+    assert all(torch.equal(raw.state_dict()[k], v) for k, v in ours.items())
+    assert {k.split(".")[0] for k in raw.state_dict()} - {k.split(".")[0] for k in ours} == \
+        {"beta_head", "twist_head", "leaf_head"}

@@ -139,12 +139,7 @@ def build(cfg: TrainConfig, dist: Dist):
     if cfg.pretrained:
         load_pose_hrnet_weights(raw, cfg.pretrained)
     if cfg.init:  # the whole model, e.g. a converted official checkpoint
-        ck = load_checkpoint(cfg.init, require=("model", "config"))
-        try:
-            raw.load_state_dict(ck["model"], strict=True)
-        except RuntimeError as e:
-            raise InputError(f"{cfg.init}: its weights do not fit this run's model config "
-                             f"({str(e).splitlines()[0][:200]})") from None
+        load_init(raw, cfg.init)
     cuda = dist.device.type == "cuda"
     raw = raw.to(dist.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     model = raw
@@ -155,6 +150,30 @@ def build(cfg: TrainConfig, dist: Dist):
     if cfg.compile:
         model = torch.compile(model)
     return raw, model
+
+
+# Modules a run may add to an --init checkpoint's model (``--set model.use_pe=true`` / ``model.hps=true``): they
+# start from their own initialisation, as the paper adds PE to a pretrained backbone.
+ADDABLE_MODULES = ("pe_conv.", "beta_head.", "twist_head.", "leaf_head.")
+
+
+def load_init(raw: torch.nn.Module, path) -> list[str]:
+    """Load a perspose checkpoint's weights into ``raw``; every weight must fit, and only ADDABLE_MODULES may be
+    missing from the file (they keep their fresh initialisation). Returns the added keys."""
+    ck = load_checkpoint(path, require=("model", "config"))
+    try:
+        missing, unexpected = raw.load_state_dict(ck["model"], strict=False)
+    except RuntimeError as e:
+        raise InputError(f"{path}: its weights do not fit this run's model config "
+                         f"({str(e).splitlines()[0][:200]})") from None
+    bad = [k for k in missing if not k.startswith(ADDABLE_MODULES)]
+    if unexpected or bad:
+        raise InputError(f"{path}: its weights do not fit this run's model config (missing: "
+                         f"{', '.join(bad[:3]) or '-'}; unexpected: {', '.join(unexpected[:3]) or '-'})")
+    if missing:
+        log.info("--init %s: %d new tensors keep their initialisation (%s)", path, len(missing),
+                 ", ".join(sorted({k.split(".")[0] for k in missing})))
+    return list(missing)
 
 
 def cpu_has_native_bf16() -> bool:
