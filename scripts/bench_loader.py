@@ -13,6 +13,13 @@ are normalised on the device. The SMPL model is random with the official shapes 
 needed to time it). The official __getitem__ also computes the ortho twists and the rest-pose height (two more
 SMPL passes) and decodes an RLE mask; they are left out, so this route is a lower bound of the official cost.
 
+A fourth route is the shard loader with ``augment.photometric_on_device``: it draws the photometric chain's and
+cutout's parameters from the same generator but leaves the pixels to the training device (trainer.photometric_torch,
+batched, after the copy). It is reported against the minimal on-the-fly route with the full chain (what that route
+pays on the CPU), and against the minimal route with geometric augmentation only (the like-for-like figure, had
+that route moved its chain too). The torch chain itself is timed per batch on this CPU, next to the cv2 chain on
+the same batches; in training it runs on the GPU, where this script does not measure it.
+
 Everything is generated in a temporary directory: 1920x1080 JPEG q95 frames (built from the real H36M fixture
 frames when the real fixtures are present, located as tests/_fixtures.py does; else a synthetic texture),
 manifest-like rows with 3D joints, and
@@ -20,6 +27,7 @@ shards written with pipeline.shard directly. Both routes run single-threaded in 
 limited to 1 thread), alternating in rounds; the medians are reported.
 
     .venv/bin/python scripts/bench_loader.py [--frames 64] [--samples 512] [--rounds 3] [--crop 256]
+        [--max-workers 2]
 """
 from __future__ import annotations
 
@@ -45,7 +53,8 @@ from trainer.augment import AugmentConfig, augmentation_homography, sample_geome
 from trainer.batch import collate
 from trainer.data import DataSource, LoaderConfig, make_train_loader
 from trainer.hps_labels import empty_hps_labels
-from trainer.photometric import cutout, photometric
+from trainer.photometric import COL, apply_photometric, cutout, photometric
+from trainer.photometric_torch import apply_photometric_torch
 
 REAL = Path(os.environ.get("PERSPOSE_REAL_FIXTURES")
             or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real") / "h36m"
@@ -217,6 +226,25 @@ def run_on_the_fly(jpgs, rows, samples, crop, aug, n, batch, seed, layout, offic
     return n / wall, n / cpu
 
 
+def time_chains(loader, n_batches: int) -> tuple[float, float, int]:
+    """(CPU ms per batch of the torch chain on this CPU, CPU ms per batch of the cv2 chain, batch size): the same
+    batches and parameters (a device-photometric loader's), medians over ``n_batches``; CPU time, like the
+    routes' samples per CPU-second, so that other load on the machine does not count."""
+    it = iter(loader)
+    torch_ms, cv2_ms = [], []
+    for _ in range(n_batches):
+        b = next(it)
+        t0 = time.process_time()
+        apply_photometric_torch(b["image"], b["photo"])
+        torch_ms.append((time.process_time() - t0) * 1e3)
+        imgs, params = b["image"].permute(0, 2, 3, 1).numpy(), b["photo"].numpy()
+        t0 = time.process_time()
+        for img, p in zip(imgs, params):   # the CPU route's chain, in the unflipped frame it runs in
+            apply_photometric(np.ascontiguousarray(img[:, ::-1] if p[COL["flip"]] else img), p)
+        cv2_ms.append((time.process_time() - t0) * 1e3)
+    return statistics.median(torch_ms), statistics.median(cv2_ms), len(b["sample_id"])
+
+
 def _set_malloc() -> bool:
     """glibc mallopt(M_MMAP_THRESHOLD, 64 MiB) and (M_TRIM_THRESHOLD, 256 MiB): see platform notes."""
     try:
@@ -268,26 +296,37 @@ def main() -> None:
         dec_ms = [_per_call_ms(lambda: fn(b), n) for b, n in ((jpgs[0], 20), (enc[0]["jpg"], 200))
                   for fn in (lambda b: decode_jpeg_rgb(b, rgbx=True),
                              lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR))]
-        results = {}
+        def loader_for(aug, workers=0):
+            cfg = LoaderConfig(crop_size=args.crop, skeletons=SKELETONS, batch_size=args.batch,
+                               num_workers=workers, shuffle_buffer=64, samples_per_epoch=10 ** 9, seed=0,
+                               augment=aug)
+            return make_train_loader([DataSource("bench", (str(tmp / "shards"),))], cfg)
+
+        on_device = replace(AugmentConfig(), photometric_on_device=True)
+        results, moved = {}, []
         for name, aug in configs.items():
-            cfg = LoaderConfig(crop_size=args.crop, skeletons=SKELETONS, batch_size=args.batch, num_workers=0,
-                               shuffle_buffer=64, samples_per_epoch=10 ** 9, seed=0, augment=aug)
-            loader = make_train_loader([DataSource("bench", (str(tmp / "shards"),))], cfg)
+            loader = loader_for(aug)
+            extra = loader_for(on_device) if name == "full reference chain" else None
             shard, fly, full = [], [], []
-            for r in range(args.rounds):             # alternate the routes so load changes hit all three
+            for r in range(args.rounds):             # alternate the routes so load changes hit all of them
                 shard.append(run_shards(loader, n_batches))
+                if extra is not None:
+                    moved.append(run_shards(extra, n_batches))
                 fly.append(run_on_the_fly(jpgs, rows, samples, args.crop, aug, n_batches * args.batch,
                                           args.batch, r, layout))
                 full.append(run_on_the_fly(jpgs, rows, samples, args.crop, aug, n_batches * args.batch,
                                            args.batch, r, layout, official))
             results[name] = [tuple(statistics.median(x[k] for x in rates) for k in (0, 1))
                              for rates in (shard, fly, full)]
+        mw, mc = (statistics.median(x[k] for x in moved) for k in (0, 1))
+        torch_ms, cv2_ms, chain_batch = time_chains(loader_for(on_device), max(4, n_batches))
         workers = {}
         for w in range(1, min(args.max_workers, os.cpu_count() or 1) + 1):
             cfg = LoaderConfig(crop_size=args.crop, skeletons=SKELETONS, batch_size=args.batch, num_workers=w,
                                shuffle_buffer=64, samples_per_epoch=10 ** 9, seed=0, augment=AugmentConfig())
-            workers[w] = run_workers(make_train_loader([DataSource("bench", (str(tmp / "shards"),))], cfg),
-                                     n_batches * w)
+            workers[w] = (run_workers(make_train_loader([DataSource("bench", (str(tmp / "shards"),))], cfg),
+                                      n_batches * w),
+                          run_workers(loader_for(on_device, w), n_batches * w))
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (after the run); {time.strftime('%Y-%m-%d %H:%M')}")
         print(f"frames {W}x{H} JPEG q95 mean {np.mean([len(j) for j in jpgs]) / 1e3:.0f} KB "
@@ -307,12 +346,22 @@ def main() -> None:
                   f"**{sc / fc:.1f}x** faster |")
             print(f"| {name} | on the fly as the official code: + SMPL labels + float normalisation | {ow:.0f} | "
                   f"{oc:.0f} | **{sc / oc:.1f}x** faster |")
+        (_, fc), (_, oc) = results["full reference chain"][1:]
+        geo_fc = results["geometric only"][1][1]
+        print(f"| full reference chain | shards, photometric chain drawn here, applied on the device | {mw:.0f} | "
+              f"{mc:.0f} | **{mc / fc:.1f}x** the minimal route, **{mc / oc:.1f}x** the official one; "
+              f"{mc / geo_fc:.1f}x the minimal route with geometric augmentation only (like for like) |")
+        print(f"\nthe photometric chain + cutout per batch of {chain_batch} (the same batches and parameters, 1 "
+              f"thread, CPU time): cv2 chain on the CPU {cv2_ms:.1f} ms ({cv2_ms / chain_batch:.2f} ms/sample); torch chain "
+              f"on this CPU {torch_ms:.1f} ms ({torch_ms / chain_batch:.2f} ms/sample) - in training it runs on the "
+              f"GPU after the copy (not measured here)")
         if workers:
             print("\nshard loader through torch DataLoader worker processes (full reference chain, wall clock; the "
                   "main process only receives batches):")
-            print("| workers | samples/s | vs 1 worker |\n|---|---|---|")
-            for w, rate in workers.items():
-                print(f"| {w} | {rate:.0f} | {rate / workers[1]:.2f}x |")
+            print("| workers | samples/s, chain on the CPU | vs 1 worker | samples/s, chain on the device |\n"
+                  "|---|---|---|---|")
+            for w, (rate, dev_rate) in workers.items():
+                print(f"| {w} | {rate:.0f} | {rate / workers[1][0]:.2f}x | {dev_rate:.0f} |")
 
 
 if __name__ == "__main__":

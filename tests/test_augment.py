@@ -290,3 +290,90 @@ def test_contrast_brightness_keeps_the_mean_up_to_the_brightness_shift():
     for s in range(5):
         out = ph.contrast_brightness(img, np.random.default_rng(s)).astype(np.float64)
         assert abs(out.mean() - img.mean()) <= 0.5 * img.mean() + 1
+
+
+# --------------------------------------------------------------------------- the chain before issue 14 (draw + apply
+# interleaved), kept here to show that splitting draws from applies changed no byte and no draw of it
+def _legacy_chain(img, rng, cfg):
+    def blur(img):
+        mode = int(rng.integers(3))
+        if mode == 0:
+            f = (8 / 5, 2.0, 8 / 3)[int(rng.integers(3))]
+            small = cv2.resize(img, (max(1, round(img.shape[1] / f)), max(1, round(img.shape[0] / f))),
+                               interpolation=cv2.INTER_AREA)
+            return cv2.resize(small, img.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        if mode == 1:
+            k = (7, 11, 15)[int(rng.integers(3))]
+            return cv2.GaussianBlur(img, (k, k), 0)
+        k = (3, 7, 11, 15)[int(rng.integers(4))]
+        detail = cv2.subtract(img, cv2.GaussianBlur(img, (k, k), k))
+        return cv2.add(img, cv2.add(detail, detail))
+
+    def mean(img):
+        return float(np.mean(cv2.mean(img)[:3]))
+
+    def noise(img):
+        sigma, off = mean(img) / 5.0, int(rng.integers(ph.TABLE_SIZE - img.size + 1))
+        z = ph.noise_table()[off:off + img.size].reshape(img.shape)
+        return cv2.addWeighted(img, 1.0, z, -sigma if rng.uniform() < 0.5 else sigma, 0.0, dtype=cv2.CV_8U)
+
+    def contrast(img):
+        m = mean(img)
+        a, b = 1.1 + 0.6 * rng.uniform(-1.0, 1.0), 0.5 * m * rng.uniform(-1.0, 1.0)
+        return cv2.LUT(img, np.clip(np.rint((np.arange(256) - m) * a + m + b), 0, 255).astype(np.uint8))
+
+    def hue(img):
+        h, s, v = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
+        shift, k = int(rng.uniform(-1.0, 1.0) * 40), rng.uniform(0.0, 1.0)
+        h = cv2.LUT(h, ((np.arange(256) + shift) % 180).astype(np.uint8))
+        lut = np.clip(np.rint(np.arange(256) * k / (1.0 + float(s.max())) * 255.0), 0, 255).astype(np.uint8)
+        return cv2.cvtColor(cv2.merge([h, cv2.LUT(s, lut), v]), cv2.COLOR_HSV2RGB)
+
+    def channel(img):
+        if rng.uniform() < 0.5:
+            c = int(rng.integers(3))
+            return np.repeat(img[..., c:c + 1], 3, axis=-1)
+        w = rng.uniform(0.0, 1.0, 3) + 1e-6
+        grey = cv2.transform(img, (w / w.sum()).astype(np.float32)[None, :])
+        return np.repeat(grey.reshape(img.shape[:2] + (1,)), 3, axis=-1)
+
+    for p, fn in ((cfg.blur_prob, blur), (cfg.noise_prob, noise), (cfg.contrast_prob, contrast),
+                  (cfg.hue_prob, hue), (cfg.channel_prob, channel)):
+        if rng.uniform() < p:
+            img = fn(img)
+    return img
+
+
+@pytest.mark.parametrize("probs", [None, 0.7])
+def test_photometric_chain_gives_the_bytes_and_draws_of_the_former_chain(probs):
+    cfg = AugmentConfig() if probs is None else replace(AugmentConfig(), blur_prob=probs, noise_prob=probs,
+                                                        contrast_prob=probs, hue_prob=probs, channel_prob=probs)
+    src = np.random.default_rng(16)
+    for seed in range(40):
+        img = cv2.GaussianBlur(src.integers(0, 256, (48, 48, 3), dtype=np.uint8), (3, 3), 0)
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        np.testing.assert_array_equal(ph.photometric(img, a, cfg), _legacy_chain(img, b, cfg), err_msg=str(seed))
+        assert a.uniform() == b.uniform()
+
+
+def test_photometric_on_device_draws_the_same_and_leaves_the_pixels_to_the_device():
+    """Same seed, option on or off: the same labels, parameters and rng state afterwards; the CPU chain applied to
+    the option's (unflipped) image gives the option-off image."""
+    sample = _synthetic_sample(np.random.default_rng(17))
+    sample["image"] = cv2.GaussianBlur(np.random.default_rng(18).integers(0, 256, sample["image"].shape,
+                                                                          dtype=np.uint8), (5, 5), 1.5)
+    cfg = replace(AugmentConfig(), blur_prob=0.5, noise_prob=0.5, channel_prob=0.3)
+    dev_cfg = replace(cfg, photometric_on_device=True)
+    fired = 0
+    for seed in range(16):
+        ra, rb = np.random.default_rng(seed), np.random.default_rng(seed)
+        a, b = augment_sample(sample, S, cfg, ra), augment_sample(sample, S, dev_cfg, rb)
+        assert ra.uniform() == rb.uniform()
+        for k in ("K_crop", "R", "uvd", "joints", "photo"):
+            assert np.array_equal(a[k], b[k]), (seed, k)
+        assert b["photo"][ph.COL["flip"]] == b["flipped"]
+        img = b["image"][:, ::-1] if b["flipped"] else b["image"]
+        img = ph.apply_photometric(np.ascontiguousarray(img), b["photo"])
+        np.testing.assert_array_equal(img[:, ::-1] if b["flipped"] else img, a["image"])
+        fired += not np.array_equal(a["image"], b["image"])
+    assert fired >= 8

@@ -24,7 +24,11 @@ from pipeline.skeleton import get_skeleton, joint_slices
 from trainer.augment import AugmentConfig
 from trainer.batch import pack_batch, unpack_batch
 from trainer.data import DataSource, LoaderConfig, make_train_loader
+from trainer.model import normalize_images
+from trainer.photometric import COL, NUM_PARAMS
+from trainer.photometric_torch import apply_photometric_torch
 from trainer.shards import heldout_stream, resolve_shards
+from trainer.train import to_device
 
 S = 64
 OPTS = BuildOptions(crop_size=S, context=1.25)          # stored crops 80 x 80
@@ -188,6 +192,30 @@ def test_batches_from_a_worker_process_equal_the_in_process_ones(sets):
     _assert_same_batches(in_process[:1], [unpack_batch(packed)])
     one = sorted(sets["alpha"].glob("*.tar"))[:1]
     _assert_same_records(_heldout(one)[0], _heldout(one, workers=1)[0])
+
+
+def test_photometric_on_device_same_stream_and_the_device_gives_the_cpu_images(sets):
+    """The option moves where the chain runs, not what is drawn: same ids, labels and parameters (two loaders
+    with one seed agree exactly), and the device chain, which to_device applies, turns the batch into the
+    CPU-chain batch (tolerance and its reasons: trainer/photometric_torch.py). Workers pack ``photo`` too."""
+    src = [DataSource("alpha", (str(sets["alpha"]),), 1.0), DataSource("beta", (str(sets["beta"]),), 1.0)]
+    aug = replace(AugmentConfig(), p_no_aug=0.0, blur_prob=0.5, noise_prob=0.5, channel_prob=0.3)
+    cfg = _cfg(samples_per_epoch=32, augment=aug)
+    dev_cfg = _cfg(samples_per_epoch=32, augment=replace(aug, photometric_on_device=True))
+    cpu, dev = list(make_train_loader(src, cfg)), list(make_train_loader(src, dev_cfg))
+    _assert_same_batches(dev, list(make_train_loader(src, dev_cfg)))
+    _assert_same_batches(dev, list(make_train_loader(src, replace(dev_cfg, num_workers=1))))
+    for c, d in zip(cpu, dev):
+        assert "photo" not in c and d["photo"].shape == (8, NUM_PARAMS) and d["photo"].dtype == torch.float64
+        assert c["sample_id"] == d["sample_id"] and torch.equal(c["uvd"], d["uvd"])
+        assert torch.equal(d["photo"][:, COL["flip"]].bool(), d["flipped"])
+        out = apply_photometric_torch(d["image"], d["photo"])
+        diff = (out.int() - c["image"].int()).abs()
+        assert diff.max() <= 2 and (diff > 0).float().mean() <= 1e-3
+        assert not torch.equal(d["image"], c["image"])
+        assert torch.equal(to_device(d, torch.device("cpu"), False)["image"], normalize_images(out, False))
+    with pytest.raises(InputError, match="836"):
+        make_train_loader(src, replace(dev_cfg, crop_size=900))
 
 
 def _ids_in_file_order(d: Path) -> list[str]:

@@ -36,7 +36,7 @@ import numpy as np
 from pipeline import geometry as g
 from pipeline.skeleton import get_skeleton
 
-from .photometric import cutout, photometric
+from .photometric import COL, NUM_PARAMS, apply_photometric, draw_photometric
 
 __all__ = ["AugmentConfig", "GeometricParams", "sample_geometric", "augmentation_homography", "augment_sample",
            "transform_labels", "IDENTITY"]
@@ -60,6 +60,10 @@ class AugmentConfig:
     hue_prob: float = 0.5
     channel_prob: float = 0.1
     cutout_prob: float = 0.4
+    # the loader draws the photometric chain's and cutout's parameters but leaves the pixels to the training
+    # device (trainer.photometric_torch, batched, after the copy); the drawn numbers, hence the data stream,
+    # are the same either way
+    photometric_on_device: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,10 @@ def augment_sample(sample: dict, crop_size: int, cfg: AugmentConfig, rng: np.ran
 
     Returns {'image' (S, S, 3) uint8 RGB (may be a view into an RGB stored crop), 'K_crop' (3, 3), 'R' (3, 3)
     R_total, 'joints' (J, 3) P'', 'uvd' (J, 3), 'scale' float, 'vis' (J,) uint8, 'flipped' bool, 'do_aug' bool,
-    'params' GeometricParams}; geometry in float64.
+    'params' GeometricParams, 'photo' (NUM_PARAMS,) the photometric/cutout parameters drawn (zeros without
+    do_aug; :mod:`trainer.photometric`)}; geometry in float64. With ``cfg.photometric_on_device`` the image has
+    the geometric augmentation and the flip only, and 'photo' is still to be applied (its ``flip`` column says
+    the image is mirrored).
     """
     arrays, meta = sample["arrays"], sample["meta"]
     image = sample["image"]
@@ -178,12 +185,12 @@ def augment_sample(sample: dict, crop_size: int, cfg: AugmentConfig, rng: np.ran
     P, uvd, scale, R_total = transform_labels(arrays["joints_rot"], arrays["uvd"][:, :2], bool(meta["has_3d"]),
                                               arrays["R"], R_aug, K_final, H, sk.root)
     vis = np.asarray(arrays["vis"], np.uint8)
-    if do_aug:
-        crop = photometric(crop, rng, cfg)
-        if rng.uniform() < cfg.cutout_prob:
-            crop = cutout(crop, rng)
+    photo = draw_photometric(rng, crop.shape, cfg) if do_aug else np.zeros(NUM_PARAMS)
+    photo[COL["flip"]] = params.flip
+    if do_aug and not cfg.photometric_on_device:
+        crop = apply_photometric(crop, photo)
     K = K_final
     if params.flip:
         crop, K, P, uvd, vis, R_total = _flip(crop, K, P, uvd, vis, R_total, crop_size, sk.flip_perm)
     return {"image": crop, "K_crop": K, "R": R_total, "joints": P, "uvd": uvd,
-            "scale": scale, "vis": vis, "flipped": params.flip, "do_aug": do_aug, "params": params}
+            "scale": scale, "vis": vis, "flipped": params.flip, "do_aug": do_aug, "params": params, "photo": photo}

@@ -15,6 +15,10 @@ Batch contract (a dict; B samples, J = joints of the configured skeletons concat
 * ``has_3d``, ``has_intrinsics``, ``flipped``  torch.bool (B,)
 * ``betas`` (B, 10), ``twist`` (B, 23, 2), ``twist_mask`` (B, 23), ``leaf_rot`` (B, 5, 3, 3) torch.float32 and
   ``has_smpl`` torch.bool (B,): the HPS labels (:mod:`trainer.hps_labels`; zeros where has_smpl is False)
+* ``photo``          torch.float64 (B, P), only with ``AugmentConfig.photometric_on_device``: the photometric
+                     and cutout parameters drawn for each sample (columns: :data:`trainer.photometric.COLUMNS`;
+                     zeros: nothing to do), NOT yet applied to ``image``; ``to_device`` applies them with
+                     :func:`trainer.photometric_torch.apply_photometric_torch` before the normalisation
 * ``dataset``, ``sample_id``, ``skeleton``     list[str];  ``meta`` list[dict] (the shard json)
 """
 from __future__ import annotations
@@ -41,26 +45,27 @@ def collate(records: list[dict]) -> dict:
             "twist_mask": stack("twist_mask", np.float32), "leaf_rot": stack("leaf_rot", np.float32),
             "has_smpl": torch.tensor([r["has_smpl"] for r in records]),
             "dataset": [r["dataset"] for r in records], "sample_id": [r["sample_id"] for r in records],
-            "skeleton": [r["skeleton"] for r in records], "meta": [r["meta"] for r in records]}
+            "skeleton": [r["skeleton"] for r in records], "meta": [r["meta"] for r in records],
+            **({"photo": stack("photo", np.float64)} if "photo" in records[0] else {})}
 
 
 # Sending a batch from a loader worker costs per tensor (a shared-memory segment and a file descriptor each):
 # the ten small tensors of a batch of 32 cost ~8 ms here, as much as its 6 MB image. Workers send them as one
 # float64 tensor (exact for float32, float64 and bool) and ShardLoader unpacks it into the batch contract.
-_SMALL = (("K_crop", torch.float32), ("R", torch.float64), ("uvd", torch.float32), ("joints", torch.float32),
-          ("mask_uv", torch.float32), ("mask_d", torch.float32), ("scale", torch.float32), ("has_3d", torch.bool),
-          ("has_intrinsics", torch.bool), ("flipped", torch.bool), ("betas", torch.float32),
-          ("twist", torch.float32), ("twist_mask", torch.float32), ("leaf_rot", torch.float32),
-          ("has_smpl", torch.bool))
+# ``photo`` is optional (present only when the photometric chain runs on the device).
+_SMALL = {"K_crop": torch.float32, "R": torch.float64, "uvd": torch.float32, "joints": torch.float32,
+          "mask_uv": torch.float32, "mask_d": torch.float32, "scale": torch.float32, "has_3d": torch.bool,
+          "has_intrinsics": torch.bool, "flipped": torch.bool, "betas": torch.float32, "twist": torch.float32,
+          "twist_mask": torch.float32, "leaf_rot": torch.float32, "has_smpl": torch.bool, "photo": torch.float64}
 
 
 def pack_batch(batch: dict) -> dict:
     """The batch with its small tensors concatenated into ``_packed`` (B, N) float64, and their layout."""
     B = len(batch["sample_id"])
-    layout = tuple((k, tuple(batch[k].shape[1:])) for k, _ in _SMALL)
-    out = {k: v for k, v in batch.items() if k not in dict(_SMALL)}
-    out["_packed"] = torch.cat([batch[k].reshape(B, -1).to(torch.float64) for k, _ in _SMALL], 1)
-    out["_layout"] = layout
+    keys = [k for k in _SMALL if k in batch]
+    out = {k: v for k, v in batch.items() if k not in _SMALL}
+    out["_packed"] = torch.cat([batch[k].reshape(B, -1).to(torch.float64) for k in keys], 1)
+    out["_layout"] = tuple((k, tuple(batch[k].shape[1:])) for k in keys)
     return out
 
 
@@ -70,7 +75,8 @@ def unpack_batch(batch: dict) -> dict:
         return batch
     blob, layout = batch.pop("_packed"), batch.pop("_layout")
     B, o, pinned = blob.shape[0], 0, blob.is_pinned()
-    for (k, shape), (_, dtype) in zip(layout, _SMALL):
+    for k, shape in layout:
+        dtype = _SMALL[k]
         shape = tuple(shape)          # torch < 2.10's pin_memory turns the layout's tuples into lists
         n = int(np.prod(shape)) if shape else 1
         t = blob[:, o:o + n].reshape((B,) + shape).to(dtype).contiguous()

@@ -13,6 +13,10 @@ unpickle). An epoch is ``samples_per_epoch`` global samples, split exactly over 
 (webdataset's ``with_epoch`` counts per worker). Call ``loader.set_epoch(e)`` before iterating: worker processes are re-created per epoch and their
 seeds include ``e``. Resampled streams are infinite, so any number of workers works with any number of shards.
 
+With ``augment.photometric_on_device`` the photometric chain and cutout are drawn here, from the same generator
+and in the same order as without it, but applied on the training device (the batch's ``photo``; applied by
+:func:`trainer.train.to_device`), so the loader's cost per sample drops to decoding and the geometric warp.
+
 Shards are resolved by :func:`trainer.shards.resolve_shards`; held-out samples (validation, evaluation) are read
 by the held-out stream of :mod:`trainer.shards`, not here.
 """
@@ -33,6 +37,7 @@ from pipeline.tario import tar_samples
 from .augment import AugmentConfig, augment_sample
 from .batch import collate, in_worker, pack_batch, unpack_batch
 from .hps_labels import flip_hps_labels, hps_labels
+from .photometric import TABLE_SIZE
 from .shards import ShardSet, resolve_shards
 
 log = logging.getLogger(__name__)
@@ -87,11 +92,14 @@ def sample_to_record(raw: dict, crop_size: int, layout: dict, aug: AugmentConfig
     hps = hps_labels(s["arrays"])
     if out["flipped"]:
         hps = flip_hps_labels(hps)
-    return {"image": out["image"], "K_crop": out["K_crop"].astype(np.float32), "R": out["R"], "uvd": uvd,
-            "joints": joints, "mask_uv": mask_uv, "mask_d": mask_d, "scale": np.float32(out["scale"]),
-            "has_3d": has_3d, "has_intrinsics": bool(meta["has_intrinsics"]), "flipped": bool(out["flipped"]),
-            "dataset": str(meta["dataset"]), "sample_id": str(meta["sample_id"]), "skeleton": meta["skeleton"],
-            "meta": meta, **hps}
+    rec = {"image": out["image"], "K_crop": out["K_crop"].astype(np.float32), "R": out["R"], "uvd": uvd,
+           "joints": joints, "mask_uv": mask_uv, "mask_d": mask_d, "scale": np.float32(out["scale"]),
+           "has_3d": has_3d, "has_intrinsics": bool(meta["has_intrinsics"]), "flipped": bool(out["flipped"]),
+           "dataset": str(meta["dataset"]), "sample_id": str(meta["sample_id"]), "skeleton": meta["skeleton"],
+           "meta": meta, **hps}
+    if aug.photometric_on_device:                # still to be applied, on the device (trainer.train.to_device)
+        rec["photo"] = out["photo"]
+    return rec
 
 
 # ------------------------------------------------------------------------------------------- training stream
@@ -197,6 +205,9 @@ def _as_sets(sources, cfg: LoaderConfig) -> list[ShardSet]:
 def make_train_loader(sources, cfg: LoaderConfig) -> ShardLoader:
     """Sources (DataSource / SourceConfig / ShardSet) -> an infinite, resampled, augmented, mixed loader whose
     epochs have ``samples_per_epoch // (batch_size * world_size)`` batches per rank."""
+    if cfg.augment.photometric_on_device and 3 * cfg.crop_size ** 2 > TABLE_SIZE:
+        raise InputError(f"augment.photometric_on_device needs crops of at most 836 px (the noise table holds "
+                         f"{TABLE_SIZE} values); crop_size is {cfg.crop_size}: switch it off")
     sets = _as_sets(sources, cfg)
     _, world, _, _ = wds.utils.pytorch_worker_info()
     total = cfg.samples_per_epoch or sum(s.num_samples for s in sets)

@@ -3,7 +3,8 @@
 One call, :func:`train`, runs the whole job on one process or under ``torchrun`` (DDP: nccl on CUDA, gloo on CPU;
 SyncBatchNorm only on CUDA). On CUDA: bf16 autocast, channels_last, optional torch.compile, pinned memory and
 non-blocking copies; on the CPU: fp32 (``precision: bf16`` opts in), channels_last, and torch threads that leave
-the loader workers their cores (:func:`cpu_threads`). Images reach the device as uint8 and are normalised there; the model builds
+the loader workers their cores (:func:`cpu_threads`). Images reach the device as uint8 and are normalised there (with
+``augment.photometric_on_device`` also photometrically augmented there, :func:`to_device`); the model builds
 the PE map from K_crop.
 
 Exact resume. The data stream is cut into *segments* that end at every ``checkpoint_every_steps`` step, at every
@@ -39,6 +40,7 @@ from trainer.evaluate import NonFinitePrediction, evaluate, model_predict_fn
 from trainer.logging_utils import RunLogger, plot_loss_curve
 from trainer.losses import pose_losses
 from trainer.model import build_model, load_pose_hrnet_weights, normalize_images
+from trainer.photometric_torch import apply_photometric_torch
 from trainer.shards import ShardSet, resolve_shards
 
 __all__ = ["Dist", "setup_distributed", "get_lr", "param_groups", "segment_end", "segment_seed", "train"]
@@ -198,8 +200,13 @@ def autocast(cfg: TrainConfig, device: torch.device):
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    """Copy a loader batch to ``device``; there, apply the photometric chain the loader drew but left undone
+    (``photo``: augment.photometric_on_device) and normalise the images."""
     out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    out["image"] = normalize_images(out["image"], channels_last=channels_last)
+    image = out["image"]
+    if batch.get("photo") is not None:        # the host copy decides which samples each op touches: no sync
+        image = apply_photometric_torch(image, batch["photo"])
+    out["image"] = normalize_images(image, channels_last=channels_last)
     return out
 
 
