@@ -31,11 +31,11 @@ def url_parent(url: str) -> str:
     return url.rsplit("/", 1)[0]
 
 
-def open_stream(spec) -> BinaryIO:
+def open_stream(spec, buffering: int = -1) -> BinaryIO:
     """A binary stream of a local file or a URL (module docstring). OSError naming the spec when it cannot be
-    opened (missing file, HTTP error, unreachable host)."""
+    opened (missing file, HTTP error, unreachable host). ``buffering``: of a local file, as for ``open``."""
     if not is_url(spec):
-        return open(spec, "rb")
+        return open(spec, "rb", buffering=buffering)
     if spec.startswith(("http://", "https://")):
         try:
             return urllib.request.urlopen(spec, timeout=TIMEOUT_S)  # noqa: S310 - the user's own shard URL

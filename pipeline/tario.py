@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tarfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
@@ -28,6 +29,8 @@ __all__ = ["ShardFormatError", "iter_members", "group_samples", "iter_tar", "tar
 _BLOCK = 512
 _ZERO = bytes(_BLOCK)
 _REGULAR = (b"0", b"\0", b"7")
+_CRT_MOD = 255 * 65521
+_READ_BUFFER = 1 << 18      # a shard is read from start to end: 256 KiB reads, not a read call per member
 
 
 class ShardFormatError(tarfile.ReadError):
@@ -49,9 +52,15 @@ def _text(field: bytes) -> str:
 
 
 def _checksum_ok(hdr: bytes, stored: int) -> bool:
-    unsigned = sum(hdr[:148]) + 256 + sum(hdr[156:])
-    if unsigned == stored:
+    # The unsigned checksum U is the byte sum of the header with its checksum field read as 8 spaces. A Python
+    # sum over 512 bytes was a third of the reader's cost; in C, zlib's adler32 gives U mod 65521 and the header
+    # as a little-endian integer gives U mod 255 (256 = 1 mod 255). The moduli are coprime and U <= 512 * 255 <
+    # 255 * 65521, so for such ``stored`` both residues agree exactly when U == stored (tested against the sum).
+    x = hdr[:148] + b"        " + hdr[156:]
+    if 0 <= stored < _CRT_MOD and zlib.adler32(x) & 0xFFFF == (1 + stored) % 65521 \
+            and int.from_bytes(x, "little") % 255 == stored % 255:
         return True
+    unsigned = sum(x)
     signed = unsigned - 256 * sum(1 for b in hdr[:148] + hdr[156:] if b > 127)   # some old writers sign bytes
     return signed == stored
 
@@ -108,9 +117,9 @@ def iter_members(f: BinaryIO, where="tar", read_data: bool = True) -> Iterator[t
         regular = typ in _REGULAR and not (typ == b"\0" and hdr[:100].split(b"\0", 1)[0].endswith(b"/"))
         padded = size + (-size % _BLOCK)
         if typ in (b"x", b"L") or (regular and read_data):
-            data = _read_exact(f, padded, where, "member data")     # data and padding in one read
+            data = _read_exact(f, size, where, "member data")     # then the padding: no copy of the data
             if padded != size:
-                data = data[:size]
+                _read_exact(f, padded - size, where, "member data")
         else:
             data = _skip(f, padded, where)
         if regular:
@@ -183,7 +192,7 @@ def group_samples(members: Iterable[tuple[str, bytes]], where="tar") -> Iterator
 def iter_tar(path) -> Iterator[dict]:
     """{'__key__', ext: bytes} per sample of a shard file or URL (:mod:`pipeline.remote`), in file order."""
     from .remote import open_stream
-    with open_stream(path) as f:
+    with open_stream(path, buffering=_READ_BUFFER) as f:
         yield from group_samples(iter_members(f, path), path)
 
 

@@ -7,7 +7,8 @@ import tarfile
 
 import pytest
 
-from pipeline.tario import ShardFormatError, count_samples, group_samples, iter_members, iter_tar, tar_samples
+from pipeline.tario import (ShardFormatError, _checksum_ok, count_samples, group_samples, iter_members, iter_tar,
+                            tar_samples)
 
 
 def _add(tf: tarfile.TarFile, name: str, data: bytes = b"", kind=tarfile.REGTYPE, **kw) -> None:
@@ -135,3 +136,19 @@ def test_tar_samples_warns_and_continues_or_raises(tmp_path, caplog):
     assert "cut.tar: leaving the rest of this shard" in caplog.text
     with pytest.raises(ShardFormatError, match="cut.tar"):
         list(tar_samples(iter(urls), on_error="raise"))
+
+
+def test_checksum_check_equals_the_byte_sum():
+    """_checksum_ok reads the unsigned sum through two residues (its comment): the same verdict as the sums, also
+    for stored values one modulus away and for the signed sum of old writers."""
+    import random
+    rnd = random.Random(0)
+    for i in range(3000):
+        hdr = bytes(rnd.choice((0, 0, 0, rnd.randrange(256), rnd.randrange(128))) for _ in range(512))
+        if i % 3 == 0:
+            hdr = bytes(rnd.randrange(256) for _ in range(512))
+        unsigned = sum(hdr[:148]) + 256 + sum(hdr[156:])
+        signed = unsigned - 256 * sum(1 for b in hdr[:148] + hdr[156:] if b > 127)
+        for stored in (unsigned, signed, unsigned + 65521, unsigned - 65521, unsigned + 255, unsigned - 255,
+                       unsigned + 255 * 65521, unsigned + 1, -1, 0, rnd.randrange(1 << 24)):
+            assert _checksum_ok(hdr, stored) == (stored in (unsigned, signed)), (i, stored)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -36,7 +37,7 @@ import numpy as np
 from pipeline import geometry as g
 from pipeline.skeleton import get_skeleton
 
-from .photometric import COL, NUM_PARAMS, apply_photometric, draw_photometric
+from .photometric import COL, NUM_PARAMS, apply_photometric, draw_photometric, uniform
 
 __all__ = ["AugmentConfig", "GeometricParams", "sample_geometric", "augmentation_homography", "augment_sample",
            "transform_labels", "IDENTITY"]
@@ -82,21 +83,28 @@ IDENTITY = GeometricParams()
 
 
 def sample_geometric(cfg: AugmentConfig, rng: np.random.Generator, focal: float) -> tuple[GeometricParams, bool]:
-    """Draw (geometric params, do_aug) in a fixed order. ``focal`` (final-crop pixels) converts jitter px to radians."""
+    """Draw (geometric params, do_aug) in a fixed order. ``focal`` (final-crop pixels) converts jitter px to radians.
+    (``rng.random()`` and :func:`trainer.photometric.uniform` are ``rng.uniform()`` and ``rng.uniform(lo, hi)``
+    to the bit, at a third of the cost per draw.)"""
     if not cfg.enabled:
         return IDENTITY, False
-    do_aug = rng.uniform() >= cfg.p_no_aug
-    roll, zoom, tilt = 0.0, 1.0, (0.0, 0.0)
+    do_aug = rng.random() >= cfg.p_no_aug
+    roll, zoom, tilt, drawn = 0.0, 1.0, (0.0, 0.0), False
     if do_aug:
-        if rng.uniform() < cfg.rot_prob:
-            roll = float(np.radians(rng.uniform(-cfg.rot_max_deg, cfg.rot_max_deg)))
-        if rng.uniform() < cfg.zoom_prob:
-            zoom = float(rng.uniform(cfg.zoom_min, cfg.zoom_max))
+        if rng.random() < cfg.rot_prob:
+            roll, drawn = math.radians(uniform(rng, -cfg.rot_max_deg, cfg.rot_max_deg)), True  # == np.radians
+        if rng.random() < cfg.zoom_prob:
+            zoom, drawn = uniform(rng, cfg.zoom_min, cfg.zoom_max), True
         if cfg.jitter_px > 0:
             tx, ty = rng.uniform(-cfg.jitter_px, cfg.jitter_px, 2) / focal
-            tilt = (float(np.arctan(ty)), float(np.arctan(tx)))   # about x moves v, about y moves u
-    flip = bool(rng.uniform() < cfg.flip_prob)
+            tilt, drawn = (float(np.arctan(ty)), float(np.arctan(tx))), True   # about x moves v, about y moves u
+    flip = bool(rng.random() < cfg.flip_prob)
+    if not drawn:                       # most samples: no need to build a (frozen) dataclass
+        return _UNDRAWN[flip], do_aug
     return GeometricParams(roll, zoom, tilt, flip), do_aug
+
+
+_UNDRAWN = (IDENTITY, GeometricParams(flip=True))
 
 
 def _tilt_rotation(tilt) -> np.ndarray:
@@ -115,9 +123,15 @@ def augmentation_homography(K_store, store_size: int, crop_size: int, params: Ge
     H = K_final R_aug K_store⁻¹ (:func:`pipeline.geometry.crop_from_image`), written out for the zero-skew
     crop intrinsics the shards store: this runs once per training sample, and the general form's small numpy
     calls cost 3x more (equal to 1e-12 px, tested)."""
-    K_store = g.as_f64(K_store)
+    K_final, R_aug, K_store_inv = _homography_parts(K_store, store_size, crop_size, params, base_zoom)
+    return _compose(K_final, R_aug, K_store_inv), K_final, R_aug
+
+
+def _homography_parts(K_store, store_size: int, crop_size: int, params: GeometricParams, base_zoom: float):
+    """(K_final, R_aug, K_store⁻¹) of :func:`augmentation_homography`."""
+    k = g.as_f64(K_store).ravel().tolist()
     zoom = params.zoom * base_zoom
-    fx, fy, cx, cy = (float(K_store[0, 0]), float(K_store[1, 1]), float(K_store[0, 2]), float(K_store[1, 2]))
+    fx, fy, cx, cy = k[0], k[4], k[2], k[5]
     c, s = math.cos(params.roll), math.sin(params.roll)
     R_roll = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     R_aug = R_roll if params.tilt == (0.0, 0.0) else _tilt_rotation(params.tilt) @ R_roll
@@ -126,32 +140,76 @@ def augmentation_homography(K_store, store_size: int, crop_size: int, params: Ge
     K_final = np.array([[fx * zoom, 0.0, half + zoom * (c * dx - s * dy)],
                         [0.0, fy * zoom, half + zoom * (s * dx + c * dy)], [0.0, 0.0, 1.0]])
     K_store_inv = np.array([[1.0 / fx, 0.0, -cx / fx], [0.0, 1.0 / fy, -cy / fy], [0.0, 0.0, 1.0]])
+    return K_final, R_aug, K_store_inv
+
+
+def _compose(K_final, R_aug, K_store_inv) -> np.ndarray:
     H = K_final @ R_aug @ K_store_inv
-    return H / H[2, 2], K_final, R_aug
+    # without tilt the last rows are (0, 0, 1) and H[2, 2] is exactly 1: the division would change no bit
+    return H if H[2, 2] == 1.0 else H / H[2, 2]
 
 
 def transform_labels(joints_rot, uv_store, has_3d: bool, R, R_aug, K_final, H, root: int):
-    """Exact labels in the final crop before flip: (P'' (J, 3), uvd (J, 3), scale, R_total), float64."""
+    """Exact labels in the final crop before flip: (P'' (J, 3), uvd (J, 3), scale, R_total), float64. (``H`` is
+    read for 2D-only samples only.)"""
     R_total = g.as_f64(R_aug) @ g.as_f64(R)
     if has_3d:  # the stored crop's camera frame is "the original camera" for R_aug
-        P, uvd, scale = g.labels_from_joints(joints_rot, R_aug, K_final, root)
-        return P, uvd, float(scale), R_total
+        P, uvd, scale = _labels_from_joints(joints_rot, g.as_f64(R_aug), g.as_f64(K_final), root)
+        return P, uvd, scale, R_total
     n = len(uv_store)
     uvd = np.concatenate([g.apply_homography(H, g.as_f64(uv_store)), np.zeros((n, 1))], axis=1)
     return np.zeros((n, 3)), uvd, 0.0, R_total
 
 
-def _flip(image, K, P, uvd, vis, R_total, crop_size: int, perm):
-    image = cv2.flip(image, 1)
-    K = g.flip_intrinsics(K, crop_size)
-    P = g.flip_points(P, perm)
-    uvd = g.flip_uvd(uvd, crop_size, perm)
-    vis = np.asarray(vis)[list(perm)]
-    R_total = np.diag([-1.0, 1.0, 1.0]) @ R_total
-    return image, K, P, uvd, vis, R_total
+def _labels_from_joints(joints, R, K, root: int):
+    """:func:`pipeline.geometry.labels_from_joints` for one sample's (J, 3) joints, op for op (the same bits; the
+    exactness test in tests/test_loader_exact.py), without its batch-generic conversions and concatenation:
+    (rot = P Rᵀ, uvd with uv = pi(K rot) and d = z - z_root, scale = z_root / f as a float)."""
+    rot = np.asarray(joints, np.float64) @ R.T
+    p = rot @ K.T
+    uvd = np.empty(rot.shape)
+    np.divide(p[:, :2], p[:, 2:3], out=uvd[:, :2])
+    np.subtract(rot[:, 2], rot[root, 2], out=uvd[:, 2])
+    return rot, uvd, float(rot[root, 2] / K[0, 0])
 
 
-def augment_sample(sample: dict, crop_size: int, cfg: AugmentConfig, rng: np.random.Generator) -> dict:
+_FLIP_X = np.diag([-1.0, 1.0, 1.0])
+
+
+@lru_cache(maxsize=None)
+def _flip_index(skeleton: str) -> np.ndarray:
+    return np.array(get_skeleton(skeleton).flip_perm, np.intp)
+
+
+def _flip_labels(K, P, uvd, vis, R_total, crop_size: int, perm):
+    """pipeline.geometry's flip_intrinsics, flip_points and flip_uvd, op for op, on the (J, 3) float64 arrays
+    here, without their generic conversions and copies (this runs for half the training samples)."""
+    K = K.copy()
+    K[0, 2] = (crop_size - 1) - K[0, 2]
+    P = P[perm]
+    P[:, 0] = -P[:, 0]
+    uvd = uvd[perm]
+    uvd[:, 0] = (crop_size - 1) - uvd[:, 0]
+    return K, P, uvd, vis[perm], _FLIP_X @ R_total
+
+
+def _final_image(crop, photo, chain: bool, flip: bool, out):
+    """RGBX -> RGB, the CPU photometric chain, the flip: the last step that runs writes into ``out`` if given."""
+    if crop.shape[2] == 4:                                      # RGBX input (decode_sample(rgbx=True))
+        last = out is not None and not chain and not flip
+        crop = cv2.cvtColor(crop, cv2.COLOR_RGBA2RGB, dst=out if last else None)
+    if chain:
+        crop = apply_photometric(crop, photo)
+    if flip:
+        crop = cv2.flip(crop, 1, dst=out)
+    if out is not None and crop is not out:
+        np.copyto(out, crop)
+        crop = out
+    return crop
+
+
+def augment_sample(sample: dict, crop_size: int, cfg: AugmentConfig, rng: np.random.Generator,
+                   out: np.ndarray | None = None) -> dict:
     """Decoded shard sample (:func:`pipeline.shard.decode_sample`; RGB or RGBX) -> final S crop with exact labels.
 
     Returns {'image' (S, S, 3) uint8 RGB (may be a view into an RGB stored crop), 'K_crop' (3, 3), 'R' (3, 3)
@@ -159,7 +217,8 @@ def augment_sample(sample: dict, crop_size: int, cfg: AugmentConfig, rng: np.ran
     'params' GeometricParams, 'photo' (NUM_PARAMS,) the photometric/cutout parameters drawn (zeros without
     do_aug; :mod:`trainer.photometric`)}; geometry in float64. With ``cfg.photometric_on_device`` the image has
     the geometric augmentation and the flip only, and 'photo' is still to be applied (its ``flip`` column says
-    the image is mirrored).
+    the image is mirrored). ``out``: a C-contiguous (S, S, 3) uint8 array (a slot of the batch being built)
+    that receives the final image, which 'image' then is.
     """
     arrays, meta = sample["arrays"], sample["meta"]
     image = sample["image"]
@@ -170,27 +229,28 @@ def augment_sample(sample: dict, crop_size: int, cfg: AugmentConfig, rng: np.ran
     base_zoom = crop_size / built_for
     K_store = g.as_f64(arrays["K_crop"])
     params, do_aug = sample_geometric(cfg, rng, float(K_store[0, 0]) * base_zoom)
-    H, K_final, R_aug = augmentation_homography(K_store, store_size, crop_size, params, base_zoom)
-
+    K_final, R_aug, K_store_inv = _homography_parts(K_store, store_size, crop_size, params, base_zoom)
+    has_3d = bool(meta["has_3d"])
+    H = None
     if params.is_identity and base_zoom == 1.0 and (store_size - crop_size) % 2 == 0:
         off = g.center_slice_offset(store_size, crop_size)
         crop = image[off:off + crop_size, off:off + crop_size]   # exact: no resampling
     else:
+        H = _compose(K_final, R_aug, K_store_inv)
         crop = cv2.warpPerspective(image, H, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
-    if crop.shape[2] == 4:                                      # RGBX input (decode_sample(rgbx=True))
-        crop = cv2.cvtColor(crop, cv2.COLOR_RGBA2RGB)
+    if H is None and not has_3d:                                 # 2D-only labels map through H
+        H = _compose(K_final, R_aug, K_store_inv)
 
     sk = get_skeleton(meta["skeleton"])
-    P, uvd, scale, R_total = transform_labels(arrays["joints_rot"], arrays["uvd"][:, :2], bool(meta["has_3d"]),
+    P, uvd, scale, R_total = transform_labels(arrays["joints_rot"], arrays["uvd"][:, :2], has_3d,
                                               arrays["R"], R_aug, K_final, H, sk.root)
     vis = np.asarray(arrays["vis"], np.uint8)
-    photo = draw_photometric(rng, crop.shape, cfg) if do_aug else np.zeros(NUM_PARAMS)
+    photo = draw_photometric(rng, crop.shape[:2] + (3,), cfg) if do_aug else np.zeros(NUM_PARAMS)
     photo[COL["flip"]] = params.flip
-    if do_aug and not cfg.photometric_on_device:
-        crop = apply_photometric(crop, photo)
+    crop = _final_image(crop, photo, do_aug and not cfg.photometric_on_device, params.flip, out)
     K = K_final
     if params.flip:
-        crop, K, P, uvd, vis, R_total = _flip(crop, K, P, uvd, vis, R_total, crop_size, sk.flip_perm)
+        K, P, uvd, vis, R_total = _flip_labels(K, P, uvd, vis, R_total, crop_size, _flip_index(sk.name))
     return {"image": crop, "K_crop": K, "R": R_total, "joints": P, "uvd": uvd,
             "scale": scale, "vis": vis, "flipped": params.flip, "do_aug": do_aug, "params": params, "photo": photo}

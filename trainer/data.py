@@ -71,15 +71,17 @@ class LoaderConfig:
 
 
 # ------------------------------------------------------------------------------------------- samples -> batch
-def sample_to_record(raw: dict, crop_size: int, layout: dict, aug: AugmentConfig, rng: np.random.Generator) -> dict:
-    """Raw tar members {'jpg','npz','json',...} -> one augmented sample in the concatenated joint layout."""
+def sample_to_record(raw: dict, crop_size: int, layout: dict, aug: AugmentConfig, rng: np.random.Generator,
+                     out: np.ndarray | None = None) -> dict:
+    """Raw tar members {'jpg','npz','json',...} -> one augmented sample in the concatenated joint layout. ``out``:
+    where the final image goes (a slot of the batch being built; :func:`trainer.augment.augment_sample`)."""
     s = decode_sample(raw, rgbx=True)            # jpg / npz / json only, never unpickles; RGBX warps faster
     meta = s["meta"]
     sl = layout.get(meta["skeleton"])
     if sl is None:
         raise ValueError(f"sample {meta.get('sample_id')}: skeleton {meta['skeleton']!r} is not configured")
-    out = augment_sample(s, crop_size, aug, rng)
-    J = max(v.stop for v in layout.values())
+    out = augment_sample(s, crop_size, aug, rng, out)
+    J = max([v.stop for v in layout.values()])
     uvd = np.zeros((J, 3), np.float32)
     joints = np.zeros((J, 3), np.float32)
     mask_uv = np.zeros(J, np.float32)
@@ -140,9 +142,11 @@ class MixedStream(torch.utils.data.IterableDataset):
         streams = [iter(_source_pipeline(s, int(sd), self.cfg.shuffle_buffer)) for s, sd in zip(self.sets, src_seeds)]
         pack = pack_batch if in_worker() else (lambda batch: batch)
         for _ in range(_split(self.batches_per_rank, num_workers, worker)):
-            yield pack(collate(self._records(streams, rng)))
+            S = self.cfg.crop_size
+            images = np.empty((self.cfg.batch_size, S, S, 3), np.uint8)   # each sample writes its slot
+            yield pack(collate(self._records(streams, rng, images), images))
 
-    def _records(self, streams, rng) -> list[dict]:
+    def _records(self, streams, rng, images: np.ndarray) -> list[dict]:
         out, failures = [], 0
         choices = rng.choice(len(streams), size=self.cfg.batch_size, p=self.probs)
         i = 0
@@ -151,7 +155,8 @@ class MixedStream(torch.utils.data.IterableDataset):
             i += 1
             raw = next(streams[k])
             try:
-                out.append(sample_to_record(raw, self.cfg.crop_size, self.layout, self.cfg.augment, rng))
+                out.append(sample_to_record(raw, self.cfg.crop_size, self.layout, self.cfg.augment, rng,
+                                            images[len(out)]))
                 failures = 0
             except Exception as e:  # a bad sample must not stop training (warn_and_continue)
                 failures += 1

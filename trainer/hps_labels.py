@@ -17,6 +17,8 @@ are left/right symmetric; exactly so for the synthetic one). Samples without SMP
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -31,12 +33,14 @@ NUM_TWISTS = 23                         # bones parent(c) -> c, c = 1..23
 _M = np.diag([-1.0, 1.0, 1.0])
 
 
+@lru_cache(maxsize=None)
 def mirror_bone_perm() -> tuple[int, ...]:
     """perm[k] = index of the mirror of bone k (bone k ends at SMPL joint k + 1)."""
     fp = get_skeleton("smpl24").flip_perm
     return tuple(fp[c] - 1 for c in range(1, 24))
 
 
+@lru_cache(maxsize=None)
 def mirror_leaf_perm() -> tuple[int, ...]:
     fp = get_skeleton("smpl24").flip_perm
     return tuple(LEAF_JOINTS.index(fp[j]) for j in LEAF_JOINTS)
