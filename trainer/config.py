@@ -95,7 +95,7 @@ class TrainConfig:
     max_steps: int = 0                      # stop after this many optimizer steps in total (0: epochs decide)
     seed: int = 7
     precision: Literal["auto", "bf16", "fp32", "fast"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU;
-                                            # fast: bf16 also on a CPU with AMX (1.2x on the demo, same error)
+                                            # fast: bf16 also on a CPU with AMX or AVX512-BF16 (1.2x on the demo)
     channels_last: bool = True              # NHWC model and batches; on CPU too (oneDNN: 1.1-1.3x measured)
     compile: bool = False                   # torch.compile the model (CUDA)
     sync_bn: bool = True                    # SyncBatchNorm under multi-GPU DDP (never on CPU: it raises there)
