@@ -33,8 +33,8 @@ from .codec import encode_jpeg
 from .errors import InputError
 from .geometry import intrinsics, project
 from .manifest import make_sample_id
-from .synth_body import (body_primitives, contains, forward_kinematics, root_rotation, sample_body, sample_pose,
-                         smpl_labels)
+from .synth_body import (add_twist_labels, body_primitives, contains, forward_kinematics, root_rotation, sample_body,
+                         sample_pose, smpl_labels)
 from .synth_render import Capsule, Ellipsoid, body_extent, finish_image, render_background, render_primitives
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,7 @@ def write_chunk(out_dir, seed: int, split: str, indices, cfg: SynthConfig) -> li
             rows += manifest_rows(sample, split, i, cfg)
     finally:
         cv2.setNumThreads(threads)
+    add_twist_labels([r["smpl"] for r in rows if r["smpl"] is not None])
     return rows
 
 

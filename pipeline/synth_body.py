@@ -18,7 +18,7 @@ from .synth_look import FACE_DIRECTIONS, STRAP_NORMAL, WATCH_BAND, Band, Look, S
 from .synth_render import Capsule, Ellipsoid
 
 __all__ = ["Body", "sample_body", "sample_pose", "root_rotation", "forward_kinematics", "body_primitives",
-           "rest_height", "contains", "smpl_labels"]
+           "rest_height", "contains", "smpl_labels", "add_twist_labels"]
 
 _SK = get_skeleton("smpl24")
 PARENTS = np.array(_SK.parents)
@@ -144,20 +144,35 @@ def forward_kinematics(offsets, local_rot, root_rot, root_pos):
 
 
 def smpl_labels(body: Body, local_rot, root_rot, root_pos) -> dict:
-    """The SMPL-format labels of a posed synthetic person (the manifest's ``smpl`` struct): betas (10), pose (72:
-    axis-angle of the global orientation in the camera frame, then the 23 local rotations), transl (the root
-    joint minus the rest pelvis, camera frame), gender 'neutral' (the one synthetic model), twist (23: each bone's
-    twist about its rest direction, NaN for the pelvis's three child bones: pipeline.ik.twist_labels)."""
+    """The SMPL-format labels of a posed synthetic person (the manifest's ``smpl`` struct, but its ``twist``,
+    which :func:`add_twist_labels` computes for many rows at once): betas (10), pose (72: axis-angle of the global
+    orientation in the camera frame, then the 23 local rotations), transl (the root joint minus the rest pelvis,
+    camera frame), gender 'neutral' (the one synthetic model)."""
     import cv2
-    import torch
-
-    from .ik import twist_labels
     rots = np.asarray(local_rot, np.float64).copy()
     rots[0] = np.asarray(root_rot) @ rots[0]
     pose = np.concatenate([cv2.Rodrigues(r)[0][:, 0] for r in rots])
-    twist = twist_labels(torch.from_numpy(rots[None]), torch.from_numpy(body.rest_joints[None]))[0].numpy()
     return {"betas": body.betas.copy(), "pose": pose, "transl": np.asarray(root_pos, np.float64) - body.rest_joints[0],
-            "gender": "neutral", "twist": twist}
+            "gender": "neutral"}
+
+
+def add_twist_labels(smpl: list[dict]) -> None:
+    """Add ``twist`` (23: each bone's twist about its rest direction, NaN for the pelvis's three child bones;
+    pipeline.ik.twist_labels) to :func:`smpl_labels` dicts, in one batched pass (per image it would cost more
+    than the rest of a person's labels together)."""
+    if not smpl:
+        return
+    import torch
+
+    from .ik import axis_angle_rotation, twist_labels
+    model = load_shape_model()
+    rest = torch.from_numpy(np.stack([body_shape(model, s["betas"]).joints for s in smpl]))
+    aa = torch.from_numpy(np.stack([np.asarray(s["pose"], np.float64).reshape(24, 3) for s in smpl]))
+    angle = aa.norm(dim=-1)
+    axis = torch.where(angle[..., None] > 0, aa, torch.tensor([1.0, 0.0, 0.0], dtype=aa.dtype))
+    tw = twist_labels(axis_angle_rotation(axis, angle), rest).numpy()
+    for s, t in zip(smpl, tw):
+        s["twist"] = t
 
 
 def _part_look(name: str, group: str, look: Look, torso_frame) -> tuple[np.ndarray, tuple]:

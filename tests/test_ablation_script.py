@@ -15,7 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ablation.py"
 @pytest.mark.slow  # ~1 minute: synthesises data, builds 6 shard sets, trains and evaluates 3 tiny runs
 def test_ablation_runs_end_to_end_and_resumes(tmp_path):
     args = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "abl"), "--n-train", "40", "--n-val", "12",
-            "--n-test", "16", "--steps", "4", "--epochs", "2", "--batch", "4", "--seeds", "0"]
+            "--n-test", "16", "--steps", "4", "--epochs", "2", "--batch", "4", "--seeds", "0", "--pretrain-steps", "4",
+            "--pretrain-epochs", "2"]
     r = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     out = tmp_path / "abl"
@@ -31,6 +32,12 @@ def test_ablation_runs_end_to_end_and_resumes(tmp_path):
     cfg = (out / "runs" / "baseline_seed0" / "config.yaml").read_text()
     assert "use_pe: false" in cfg
     assert "shards/pr/train" in (out / "runs" / "pe_pr_seed0" / "config.yaml").read_text()
+    # the shared start: no PE, both crop kinds; every arm starts from it (the PE arms add the PE conv)
+    pre = (out / "runs" / "pretrain" / "config.yaml").read_text()
+    assert "use_pe: false" in pre and "shards/pr/train" in pre and "shards/nopr/train" in pre
+    for arm in ("baseline", "pe", "pe_pr"):
+        assert "runs/pretrain/last.pt" in (out / "runs" / f"{arm}_seed0" / "config.yaml").read_text()
+    assert "use_pe: true" in (out / "runs" / "pe_seed0" / "config.yaml").read_text()
     for f in ("ablation.md", "arms.png", "error_vs_pr_angle.png"):
         assert (out / f).stat().st_size > 0
     stamp = (out / "runs" / "pe_seed0" / "last.pt").stat().st_mtime_ns
