@@ -250,3 +250,22 @@ def test_a_nonfinite_validation_stops_the_run_naming_the_step(shards, tmp_path, 
     with pytest.raises(FloatingPointError, match=r"^step 5: validation: val-000000.tar: sample k"):
         fit(cfg, tmp_path / "run", CPU, progress=False)
     assert not (tmp_path / "run" / "best.pt").exists()                     # never a NaN "best"
+
+
+def test_precision_fast_follows_the_cpus_bf16_support(monkeypatch):
+    """'fast' is bf16 on a CPU that multiplies bf16 in hardware (AMX or AVX512-BF16 in /proc/cpuinfo), fp32 else."""
+    import builtins
+    import io
+
+    from trainer import precision
+    from trainer.config import TrainConfig
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    real_open = builtins.open
+    for flags, want in (("fpu avx512f avx512_bf16 sse", torch.bfloat16), ("fpu avx512f sse", None),
+                        ("fpu amx_bf16 amx_tile", torch.bfloat16)):
+        monkeypatch.setattr(builtins, "open", lambda p, *a, _f=flags, **k: io.StringIO(f"processor: 0\nflags\t: {_f}\n")
+                            if p == "/proc/cpuinfo" else real_open(p, *a, **k))
+        assert precision.amp_dtype(TrainConfig(precision="fast"), cpu) == want, flags
+        assert precision.amp_dtype(TrainConfig(precision="fp32"), cpu) is None
+        assert precision.amp_dtype(TrainConfig(precision="bf16"), cpu) == torch.bfloat16

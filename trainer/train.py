@@ -17,7 +17,6 @@ The learning rate is a pure function of the step (:func:`get_lr`); there is no s
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -40,6 +39,7 @@ from trainer.evaluate import NonFinitePrediction, evaluate, model_predict_fn
 from trainer.logging_utils import RunLogger, plot_loss_curve
 from trainer.losses import pose_losses
 from trainer.model import build_model, load_pose_hrnet_weights, normalize_images
+from trainer.precision import amp_dtype, autocast, cpu_has_native_bf16  # noqa: F401  (re-exported)
 from trainer.photometric_torch import apply_photometric_torch
 from trainer.shards import ShardSet, resolve_shards
 
@@ -176,35 +176,6 @@ def load_init(raw: torch.nn.Module, path) -> list[str]:
         log.info("--init %s: %d new tensors keep their initialisation (%s)", path, len(missing),
                  ", ".join(sorted({k.split(".")[0] for k in missing})))
     return list(missing)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware: Intel AMX tiles, or AVX512-BF16 (e.g. AMD Zen 4 EPYC, where
-    the demo model's training step is 1.2x faster in bf16 than in fp32: 331-359 vs 270 samples/s on one thread,
-    measured 2026-12-06). Elsewhere bf16 autocast is emulated and slower than fp32."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    if probe and probe():
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of :func:`autocast` (None: fp32)."""
-    if device.type == "cuda" and cfg.precision in ("auto", "bf16", "fast"):
-        return torch.bfloat16
-    if cfg.precision == "bf16" or (cfg.precision == "fast" and cpu_has_native_bf16()):
-        return torch.bfloat16
-    return None
-
-
-def autocast(cfg: TrainConfig, device: torch.device):
-    dtype = amp_dtype(cfg, device)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
