@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import contextlib
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -97,16 +99,42 @@ def _model_sets(args) -> list[str]:
     return [f"model.crop_size={args.crop}"] + ([f"model.width={args.width}"] if args.width and not args.full else [])
 
 
+@contextlib.contextmanager
+def seconds_clock(path: Path, every: float = 10.0):
+    """Adds this block's wall time to the seconds in ``path`` (JSON), rewritten every ``every`` s and at the end,
+    so that a run killed and resumed (even by a machine restart) reports what all its invocations cost, to within
+    ``every``. Yields a function giving the total so far."""
+    start = json.loads(path.read_text())["seconds"] if path.is_file() else 0.0
+    t0, stop = time.time(), threading.Event()
+
+    def total() -> float:
+        return start + time.time() - t0
+
+    def tick() -> None:
+        while not stop.wait(every):
+            atomic_write_text(path, json.dumps({"seconds": total()}))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield total
+    finally:
+        stop.set()
+        thread.join()
+        atomic_write_text(path, json.dumps({"seconds": total()}))
+
+
 def _train(cmd_base: list[str], run_dir: Path, data: list[str], sets: list[str], log: Path) -> None:
-    """One perspose-train run, resumed where it stopped; ``train.done`` records its seconds."""
+    """One perspose-train run, resumed where it stopped; ``train.done`` records its seconds over all invocations."""
     done = run_dir / "train.done"
     if done.is_file():
         return
     cmd = cmd_base + ["--no-progress", "--out", str(run_dir)]
     cmd += ["--resume"] if (run_dir / "last.pt").is_file() else data
-    t0 = time.time()
-    run(cmd + sum((["--set", s] for s in sets), []), log)
-    atomic_write_text(done, json.dumps({"train_seconds": time.time() - t0}))
+    with seconds_clock(run_dir.with_name(run_dir.name + ".seconds.json")) as seconds:
+        run(cmd + sum((["--set", s] for s in sets), []), log)
+    atomic_write_text(done, json.dumps({"train_seconds": seconds()}))
 
 
 def pretrain(args, out: Path) -> Path | None:
@@ -286,12 +314,13 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.log"
-    t0 = time.time()
-    make_data(args, out, log)
-    init = pretrain(args, out)
-    keys = [(a, s) for s in args.seeds for a in args.arms]
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:   # each run is a subprocess; threads only wait
-        paths = dict(zip(keys, pool.map(lambda k: train_and_eval(args, out, *k, init=init), keys)))
+    # wall time accumulates over invocations, so a resumed or re-summarised run still reports what it cost
+    with seconds_clock(out / "elapsed.json") as elapsed_seconds:
+        make_data(args, out, log)
+        init = pretrain(args, out)
+        keys = [(a, s) for s in args.seeds for a in args.arms]
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:   # each run is a subprocess; threads only wait
+            paths = dict(zip(keys, pool.map(lambda k: train_and_eval(args, out, *k, init=init), keys)))
     preds, n = load_predictions(paths)
     res = summarize(preds, args.seeds)
     ref = reference_errors(next(iter(paths.values())), set(next(iter(preds.values()))))
@@ -300,10 +329,7 @@ def main() -> None:
     import torch
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else f"CPU only, {torch.get_num_threads()} threads")
-    # wall time accumulates over invocations, so a resumed or re-summarised run still reports what it cost
-    elapsed_file = out / "elapsed.json"
-    elapsed = (json.loads(elapsed_file.read_text())["seconds"] if elapsed_file.is_file() else 0.0) + time.time() - t0
-    atomic_write_text(elapsed_file, json.dumps({"seconds": elapsed}))
+    elapsed = elapsed_seconds()
     pre = out / "runs" / "pretrain" / "train.done"
     pre_min = json.loads(pre.read_text())["train_seconds"] / 60 if init is not None and pre.is_file() else 0.0
     compute = {"device": device, "train_minutes": float(np.mean(secs)) / 60, "total_minutes": elapsed / 60,

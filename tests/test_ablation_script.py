@@ -44,3 +44,23 @@ def test_ablation_runs_end_to_end_and_resumes(tmp_path):
     r = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "runs" / "pe_seed0" / "last.pt").stat().st_mtime_ns == stamp  # resumed: nothing retrained
+
+
+def test_seconds_clock_adds_up_over_invocations_and_survives_a_kill(tmp_path):
+    """A run killed by a machine restart still has its seconds on disk (the clock rewrites them while it runs),
+    and the next invocation adds to them."""
+    import importlib.util
+    import time
+    spec = importlib.util.spec_from_file_location("ablation_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = tmp_path / "run.seconds.json"
+    with mod.seconds_clock(path, every=0.05) as seconds:
+        time.sleep(0.3)
+        on_disk = json.loads(path.read_text())["seconds"]   # what a kill -9 here would leave
+        assert 0.05 <= on_disk <= seconds()
+    first = json.loads(path.read_text())["seconds"]
+    assert 0.3 <= first < 5
+    with mod.seconds_clock(path, every=0.05) as seconds:
+        time.sleep(0.1)
+    assert first + 0.1 <= json.loads(path.read_text())["seconds"] <= seconds()
