@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from _geom import shift_intrinsics
+from _rows import person_row
 from pipeline import geometry as g
 from pipeline.codec import read_npz
 from pipeline.errors import InputError
@@ -37,20 +38,9 @@ W, H = 160, 120
 
 
 def _row(rng, dataset: str, i: int, skeleton: str) -> tuple[dict, np.ndarray]:
-    J = get_skeleton(skeleton).num_joints
-    K = g.intrinsics(150.0, 150.0, 81.0, 58.0)
-    centre = np.array([rng.uniform(-0.3, 0.3), rng.uniform(-0.2, 0.2), rng.uniform(3.5, 5.0)])
-    joints = centre + rng.uniform(-0.4, 0.4, (J, 3)) * [1.0, 2.0, 0.3]
-    uv = g.project(joints, K)
-    lo, hi = uv.min(0), uv.max(0)
-    row = {"sample_id": f"{dataset}/train/seq{i % 2}/{i}/0", "dataset": dataset, "split": "train",
-           "sequence": f"seq{i % 2}", "frame": i, "person": 0, "image_path": f"{i}.jpg", "image_w": W, "image_h": H,
-           "K": K.reshape(-1).tolist(), "dist": [], "bbox": [lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1]],
-           "skeleton": skeleton, "joints_cam": joints.reshape(-1).tolist(), "joints_2d": None,
-           "joints_vis": [1] * J}
-    if skeleton == "coco17":     # 2D-only, no intrinsics
-        row.update(K=None, joints_cam=None, joints_2d=uv.reshape(-1).tolist(),
-                   joints_vis=[int(v) for v in rng.integers(0, 2, J)])
+    row, _ = person_row(rng, dataset, i, skeleton, W, H)
+    if skeleton == "coco17":
+        row["joints_vis"] = [int(v) for v in rng.integers(0, 2, len(row["joints_vis"]))]
     return row, rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
 
 

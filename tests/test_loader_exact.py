@@ -14,11 +14,10 @@ import pytest
 import torch
 
 import _loader_reference as ref
-from pipeline import geometry as g
+from _rows import person_row
 from pipeline.codec import npz_bytes, read_npz
 from pipeline.shard import (FORMAT_VERSION, BuildOptions, decode_sample, encode_sample, iter_tar, process_row,
                             write_tar)
-from pipeline.skeleton import get_skeleton
 from trainer.augment import AugmentConfig, augment_sample
 from trainer.photometric import uniform
 from trainer.data import DataSource, LoaderConfig, MixedStream, make_train_loader
@@ -29,19 +28,8 @@ SKELETONS = ("smpl24", "h36m17", "coco17")
 
 
 def _row(rng, dataset: str, i: int, skeleton: str, smpl: bool) -> tuple[dict, np.ndarray]:
-    J = get_skeleton(skeleton).num_joints
-    K = g.intrinsics(150.0, 150.0, 81.0, 58.0)
-    centre = np.array([rng.uniform(-0.3, 0.3), rng.uniform(-0.2, 0.2), rng.uniform(3.5, 5.0)])
-    joints = centre + rng.uniform(-0.4, 0.4, (J, 3)) * [1.0, 2.0, 0.3]
-    uv = g.project(joints, K)
-    lo, hi = uv.min(0), uv.max(0)
-    row = {"sample_id": f"{dataset}/train/seq{i % 2}/{i}/0", "dataset": dataset, "split": "train",
-           "sequence": f"seq{i % 2}", "frame": i, "person": 0, "image_path": f"{i}.jpg", "image_w": W, "image_h": H,
-           "K": K.reshape(-1).tolist(), "dist": [], "bbox": [lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1]],
-           "skeleton": skeleton, "joints_cam": joints.reshape(-1).tolist(), "joints_2d": None,
-           "joints_vis": [int(v) for v in rng.integers(0, 2, J)]}
-    if skeleton == "coco17":     # 2D-only, no intrinsics
-        row.update(K=None, joints_cam=None, joints_2d=uv.reshape(-1).tolist())
+    row, _ = person_row(rng, dataset, i, skeleton, W, H)
+    row["joints_vis"] = [int(v) for v in rng.integers(0, 2, len(row["joints_vis"]))]
     if smpl and i % 3:           # some rows of the source without SMPL labels, some without twists
         twist = rng.uniform(-3, 3, 23)
         twist[rng.integers(0, 23, 2)] = np.nan
