@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 __all__ = ["find_model_file", "SmplModel", "load_smpl", "twist_labels_of", "load_regressor", "smpl_layer", "BodyLayer",
            "load_body_layer", "SYNTHETIC"]
 
-SYNTHETIC = "synthetic"   # the name of the toolkit's generated body model (pipeline/data/synth_body_model.npz)
+SYNTHETIC = "synthetic"   # the name of the toolkit's generated body model (synth_model.body_model_path)
 SMPL_NUM_VERTICES = 6890
 
 _GENDER_ALIASES = {"m": "male", "male": "male", "f": "female", "female": "female", "n": "neutral",

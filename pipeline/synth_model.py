@@ -4,8 +4,10 @@
 as a function of 10 shape coefficients β and writes the same bodies as an SMPL-format model (the keys smplx.SMPL
 reads: v_template, shapedirs, posedirs, J_regressor, weights, kintree_table, f), so that every synthetic person
 carries θ, β and a mesh as labels and the HPS branch (IK, meshes, PVE) can be trained and tested without the
-licence-gated SMPL files. The model file is built by ``scripts/make_body_model.py`` from a fixed seed and shipped
-as ``pipeline/data/synth_body_model.npz``; a test checks that the file is what the script builds.
+licence-gated SMPL files. The model is built from a fixed seed in 0.2 s; smplx reads files, so
+:func:`body_model_path` writes it once to the user's cache under its content hash (never stale, never half-written)
+rather than the repository carrying a generated binary. ``scripts/make_body_model.py`` writes the same bytes
+anywhere.
 
 Why the mesh equals the rendered surface exactly, for every β and pose:
 
@@ -28,21 +30,23 @@ T-pose at θ = 0, pelvis at the origin.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["PARENTS", "CAPSULES", "ELLIPSOIDS", "MESH_ELLIPSOIDS", "NUM_BETAS", "TEMPLATE_HEIGHT", "ShapeModel",
            "shape_basis", "BodyShape", "body_shape", "rest_joints", "rest_height", "mesh_vertices", "mesh_faces",
-           "build_body_model", "body_model_path", "load_shape_model", "MARKER_VERTICES", "NUM_VERTICES", "BODY_MODEL_SEED"]
+           "build_body_model", "body_model_bytes", "body_model_path", "load_shape_model", "MARKER_VERTICES", "NUM_VERTICES", "BODY_MODEL_SEED"]
 
 PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 NUM_BETAS = 10
 TEMPLATE_HEIGHT = 1.75      # metres, standing height of the β = 0 body
-BODY_MODEL_SEED = 0         # the seed of the shipped model file
+BODY_MODEL_SEED = 0         # the seed of the model the toolkit uses (body_model_path)
 
 # child - parent offsets in the body frame (template before scaling to TEMPLATE_HEIGHT), T-pose
 _OFFSETS = np.array([
@@ -297,14 +301,43 @@ def build_body_model(seed: int = BODY_MODEL_SEED) -> dict:
             "synth_d_ell_radii": sm.d_ell_radii, "synth_seed": np.int64(seed)}
 
 
+@lru_cache(maxsize=1)
+def body_model_bytes() -> bytes:
+    """The model with the default seed as a deterministic .npz (stored, fixed dates: the same bytes every build)."""
+    from .codec import npz_bytes
+    return npz_bytes(build_body_model())
+
+
+def _cache_dir() -> Path:
+    """$PERSPOSE_CACHE, else $XDG_CACHE_HOME/perspose, else ~/.cache/perspose."""
+    if os.environ.get("PERSPOSE_CACHE"):
+        return Path(os.environ["PERSPOSE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "perspose"
+
+
+@lru_cache(maxsize=1)
 def body_model_path() -> Path:
-    """The shipped model file (package data)."""
-    return Path(str(resources.files("pipeline") / "data" / "synth_body_model.npz"))
+    """The model as a file for smplx: ``synth_body_model-<sha256>.npz`` in the cache directory (written atomically
+    the first time; the name is its content's hash, so a changed model is a new file). Where the cache directory
+    cannot be written, a per-user directory under the system's temporary directory."""
+    from .fsutil import atomic_write_bytes
+    data = body_model_bytes()
+    name = f"synth_body_model-{hashlib.sha256(data).hexdigest()[:16]}.npz"
+    fallback = Path(tempfile.gettempdir()) / f"perspose-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    for folder in (_cache_dir(), fallback):
+        path = folder / name
+        try:
+            if not (path.is_file() and path.stat().st_size == len(data)):   # named by content, written whole
+                atomic_write_bytes(path, data)
+            return path
+        except OSError:
+            continue
+    raise OSError(f"cannot write the synthetic body model to {_cache_dir()} or {fallback} (set PERSPOSE_CACHE)")
 
 
 @lru_cache(maxsize=1)
 def load_shape_model() -> ShapeModel:
-    """The shape model of the shipped file (what ``synth`` renders; the same numbers its labels' mesh uses)."""
+    """The shape model of :func:`body_model_path`'s file (what ``synth`` renders; the numbers its labels' mesh uses)."""
     with np.load(body_model_path(), allow_pickle=False) as z:
         return ShapeModel(z["synth_offsets"], z["synth_capsule_radii"], z["synth_ell_offsets"],
                           z["synth_ell_radii"], z["synth_d_bone"], z["synth_d_capsule"],

@@ -1,4 +1,4 @@
-"""The synthetic people's SMPL-format body model (pipeline/synth_model.py, issue 12 item 3): the shipped file is what
+"""The synthetic people's SMPL-format body model (pipeline/synth_model.py, issue 12 item 3): the cached file is what
 the script builds, smplx loads it, its mesh is the rendered surface of every synthetic person, and the labels that
 synth writes (β, θ, transl, twists) give back the rendered joints, the rendered surface and a mirror-symmetric body."""
 from __future__ import annotations
@@ -31,11 +31,12 @@ def smpl():
     return load_smpl("synthetic", "neutral", num_betas=10)
 
 
-def test_shipped_file_is_what_the_script_builds(tmp_path):
+def test_the_model_file_is_what_the_script_builds(tmp_path):
     out = tmp_path / "model.npz"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_body_model.py"), "--out", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == body_model_path().read_bytes()            # the same bytes, every build
     built = build_body_model()
     with np.load(body_model_path()) as shipped, np.load(out) as rebuilt:
         assert sorted(shipped.files) == sorted(built) == sorted(rebuilt.files)
@@ -136,3 +137,28 @@ def test_the_body_is_mirror_symmetric_and_flipped_labels_are_the_mirrored_person
 def cv2_rodrigues(R):
     import cv2
     return cv2.Rodrigues(np.asarray(R, np.float64))[0][:, 0]
+
+
+def test_the_model_file_is_written_whole_where_it_can_be(tmp_path, monkeypatch):
+    """Created on first use, rewritten when a file of its name is not whole, and under the temporary directory when
+    the cache directory cannot be written."""
+    from pipeline import synth_model
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PERSPOSE_CACHE", str(cache))
+    synth_model.body_model_path.cache_clear()
+    try:
+        path = synth_model.body_model_path()
+        assert path.parent == cache and path.read_bytes() == synth_model.body_model_bytes()
+        path.write_bytes(path.read_bytes()[:1000])                           # a torn copy from elsewhere
+        synth_model.body_model_path.cache_clear()
+        assert synth_model.body_model_path().read_bytes() == synth_model.body_model_bytes()
+        blocked = tmp_path / "not-a-dir"
+        blocked.write_text("a file where the cache directory should be")
+        monkeypatch.setenv("PERSPOSE_CACHE", str(blocked))
+        monkeypatch.setattr(synth_model.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+        synth_model.body_model_path.cache_clear()
+        fallback = synth_model.body_model_path()
+        assert fallback.parent.parent == tmp_path / "tmp" and fallback.name == path.name
+        assert fallback.read_bytes() == synth_model.body_model_bytes()
+    finally:
+        synth_model.body_model_path.cache_clear()
