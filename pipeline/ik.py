@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["SMPL_PARENTS", "SMPL_CHILDREN", "LEAVES", "rotation_between", "axis_angle_rotation", "twist_angles",
+__all__ = ["SMPL_PARENTS", "SMPL_CHILDREN", "LEAVES", "rotation_between", "axis_angle_rotation",
+           "rotations_from_axis_angle", "twist_angles",
            "kabsch", "solve_rotations", "forward_kinematics", "bone_twists", "parent_twists", "global_rotations",
            "twist_labels"]
 
@@ -68,6 +69,13 @@ def axis_angle_rotation(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor
     s, c = torch.sin(angle)[..., None, None], torch.cos(angle)[..., None, None]
     eye = torch.eye(3, dtype=k.dtype, device=k.device).expand(K.shape)
     return eye + s * K + (1 - c) * (K @ K)
+
+
+def rotations_from_axis_angle(aa: torch.Tensor) -> torch.Tensor:
+    """(..., 3) axis-angle (SMPL's pose vectors) -> (..., 3, 3); the identity for a zero vector."""
+    angle = aa.norm(dim=-1)
+    axis = torch.where(angle[..., None] > 0, aa, torch.tensor([1.0, 0.0, 0.0], dtype=aa.dtype, device=aa.device))
+    return axis_angle_rotation(axis, angle)
 
 
 def twist_angles(R: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:

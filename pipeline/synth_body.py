@@ -164,13 +164,11 @@ def add_twist_labels(smpl: list[dict]) -> None:
         return
     import torch
 
-    from .ik import axis_angle_rotation, twist_labels
+    from .ik import rotations_from_axis_angle, twist_labels
     model = load_shape_model()
     rest = torch.from_numpy(np.stack([body_shape(model, s["betas"]).joints for s in smpl]))
     aa = torch.from_numpy(np.stack([np.asarray(s["pose"], np.float64).reshape(24, 3) for s in smpl]))
-    angle = aa.norm(dim=-1)
-    axis = torch.where(angle[..., None] > 0, aa, torch.tensor([1.0, 0.0, 0.0], dtype=aa.dtype))
-    tw = twist_labels(axis_angle_rotation(axis, angle), rest).numpy()
+    tw = twist_labels(rotations_from_axis_angle(aa), rest).numpy()
     for s, t in zip(smpl, tw):
         s["twist"] = t
 

@@ -287,14 +287,13 @@ def test_rng_state_round_trip(tmp_path):
 
 def test_fast_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
     from trainer import precision
-    from trainer import train as T
     cpu = torch.device("cpu")
     for native in (True, False):
         monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
-        with T.autocast(TrainConfig(precision="fast"), cpu):
+        with precision.autocast(TrainConfig(precision="fast"), cpu):
             y = torch.ones(2, 2) @ torch.ones(2, 2)
         assert y.dtype == (torch.bfloat16 if native else torch.float32)
-        with T.autocast(TrainConfig(precision="auto"), cpu):
+        with precision.autocast(TrainConfig(precision="auto"), cpu):
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 

@@ -12,23 +12,17 @@ import torch
 from fake_smpl import write_model_npz
 from pipeline.body_model import SmplModel, find_model_file
 from pipeline.ik import (LEAVES, SMPL_CHILDREN, axis_angle_rotation, forward_kinematics, rotation_between,
-                        solve_rotations, twist_angles)
+                        rotations_from_axis_angle, solve_rotations, twist_angles)
 
 
 @pytest.fixture(scope="module", params=["random", "synthetic"])
 def smpl(request, tmp_path_factory):
-    """A random full-size SMPL-structured model, and the toolkit's shipped synthetic body model."""
+    """A random full-size SMPL-structured model, and the toolkit's built-in synthetic body model."""
     if request.param == "synthetic":
         return SmplModel(find_model_file("synthetic"), num_betas=10)
     path = tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.npz"
     write_model_npz(path, seed=3, num_betas=10)
     return SmplModel(path, num_betas=10)
-
-
-def _rotations(aa: torch.Tensor) -> torch.Tensor:
-    angle = aa.norm(dim=-1)
-    safe = torch.where(angle[..., None] > 0, aa, torch.tensor([1.0, 0, 0], dtype=aa.dtype))
-    return axis_angle_rotation(safe, angle)
 
 
 def _angle_between(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -45,7 +39,7 @@ def _case(smpl, B=24, seed=0, singular=True):
     betas = rng.normal(0, 1, (B, 10))
     aa = torch.from_numpy(rng.normal(0, 0.6, (B, 24, 3)))
     rest = torch.from_numpy(smpl(betas, np.zeros((B, 72)), np.zeros((B, 3))).joints)
-    R = _rotations(aa)
+    R = rotations_from_axis_angle(aa)
     if singular:  # joint 4 (l_knee): a pure twist (no swing); joint 18 (l_elbow): a swing of pi - 1e-5 rad
         t4 = rest[:, SMPL_CHILDREN[4][0]] - rest[:, 4]
         R[:, 4] = axis_angle_rotation(t4, torch.full((B,), 0.7, dtype=torch.float64))
@@ -99,3 +93,14 @@ def test_rotation_between_is_minimal_and_handles_the_antipode():
     assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(3, 3, 3), atol=1e-12)
     cos_swing = (a[0] / a[0].norm()) @ (b[0] / b[0].norm())
     assert _angle_between(torch.eye(3, dtype=torch.float64), R[0]) == pytest.approx(float(torch.acos(cos_swing)))
+
+
+def test_rotations_from_axis_angle_are_rodrigues_in_float64():
+    """SMPL's pose vectors -> rotations, as OpenCV's Rodrigues (float64, 1e-12), the zero vector the identity."""
+    import cv2
+    aa = np.random.default_rng(5).normal(0, 1.5, (50, 3))
+    aa[0] = 0.0
+    aa[1] = [np.pi, 0.0, 0.0]
+    R = rotations_from_axis_angle(torch.from_numpy(aa)).numpy()
+    for a, r in zip(aa, R):
+        np.testing.assert_allclose(r, cv2.Rodrigues(a)[0], rtol=0, atol=1e-12)

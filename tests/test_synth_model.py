@@ -12,14 +12,13 @@ import pytest
 import torch
 
 from pipeline.body_model import load_body_layer, load_smpl
-from pipeline.ik import twist_labels
+from pipeline.ik import rotations_from_axis_angle, twist_labels
 from pipeline.skeleton import get_skeleton
 from pipeline.synth import SynthConfig, synth_sample
 from pipeline.synth_body import contains, sample_body
 from pipeline.synth_model import (CAPSULES, MARKER_VERTICES, MESH_ELLIPSOIDS, body_model_path, body_shape, build_body_model,
                                   load_shape_model, mesh_vertices)
 from pipeline.synth_render import Capsule
-from trainer.hps import rotations_from_axis_angle
 from trainer.hps_labels import flip_hps_labels, hps_labels
 
 ROOT = Path(__file__).resolve().parents[1]

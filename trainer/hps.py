@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from pipeline.body_model import BodyLayer, find_model_file
-from pipeline.ik import axis_angle_rotation, parent_twists, solve_rotations
+from pipeline.ik import parent_twists, rotations_from_axis_angle, solve_rotations
 
 from .hps_labels import LEAF_JOINTS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BodyModels", "MeshScorer", "ik_rotations", "predicted_mesh", "gt_mesh", "pve", "rotations_from_axis_angle"]
+__all__ = ["BodyModels", "MeshScorer", "ik_rotations", "predicted_mesh", "gt_mesh", "pve"]
 
 
 class BodyModels:
@@ -45,13 +45,6 @@ class BodyModels:
             self._cache[path] = BodyLayer(path, gender=gender or "neutral", num_betas=self.num_betas,
                                           dtype=torch.float64)
         return self._cache[path]
-
-
-def rotations_from_axis_angle(aa: torch.Tensor) -> torch.Tensor:
-    """(..., 3) axis-angle -> (..., 3, 3); the identity for a zero vector."""
-    angle = aa.norm(dim=-1)
-    axis = torch.where(angle[..., None] > 0, aa, torch.tensor([1.0, 0.0, 0.0], dtype=aa.dtype, device=aa.device))
-    return axis_angle_rotation(axis, angle)
 
 
 def ik_rotations(body: BodyLayer, joints: torch.Tensor, betas: torch.Tensor, twist: torch.Tensor,

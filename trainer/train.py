@@ -39,7 +39,7 @@ from trainer.evaluate import NonFinitePrediction, evaluate, model_predict_fn
 from trainer.logging_utils import RunLogger, plot_loss_curve
 from trainer.losses import pose_losses
 from trainer.model import build_model, load_pose_hrnet_weights, normalize_images
-from trainer.precision import amp_dtype, autocast, cpu_has_native_bf16  # noqa: F401  (re-exported)
+from trainer.precision import amp_dtype, autocast
 from trainer.photometric_torch import apply_photometric_torch
 from trainer.shards import ShardSet, resolve_shards
 
