@@ -319,7 +319,7 @@ def _cache_dir() -> Path:
 def body_model_path() -> Path:
     """The model as a file for smplx: ``synth_body_model-<sha256>.npz`` in the cache directory (written atomically
     the first time; the name is its content's hash, so a changed model is a new file). Where the cache directory
-    cannot be written, a per-user directory under the system's temporary directory."""
+    cannot be written, a per-user directory under the system's temporary directory; neither: InputError."""
     from .fsutil import atomic_write_bytes
     data = body_model_bytes()
     name = f"synth_body_model-{hashlib.sha256(data).hexdigest()[:16]}.npz"
@@ -332,7 +332,9 @@ def body_model_path() -> Path:
             return path
         except OSError:
             continue
-    raise OSError(f"cannot write the synthetic body model to {_cache_dir()} or {fallback} (set PERSPOSE_CACHE)")
+    from .errors import InputError
+    raise InputError(f"{_cache_dir()}: cannot write the synthetic body model there or in {fallback} "
+                     "(set PERSPOSE_CACHE to a writable directory)")
 
 
 @lru_cache(maxsize=1)

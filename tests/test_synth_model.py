@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pipeline.body_model import load_body_layer, load_smpl
+from pipeline.errors import InputError
 from pipeline.ik import rotations_from_axis_angle, twist_labels
 from pipeline.skeleton import get_skeleton
 from pipeline.synth import SynthConfig, synth_sample
@@ -159,5 +160,10 @@ def test_the_model_file_is_written_whole_where_it_can_be(tmp_path, monkeypatch):
         fallback = synth_model.body_model_path()
         assert fallback.parent.parent == tmp_path / "tmp" and fallback.name == path.name
         assert fallback.read_bytes() == synth_model.body_model_bytes()
+        (tmp_path / "tmp").rename(tmp_path / "tmp-moved")
+        (tmp_path / "tmp").write_text("and a file where the temporary directory should be")
+        synth_model.body_model_path.cache_clear()
+        with pytest.raises(InputError, match="not-a-dir: cannot write the synthetic body model .* PERSPOSE_CACHE"):
+            synth_model.body_model_path()
     finally:
         synth_model.body_model_path.cache_clear()
